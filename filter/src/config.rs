@@ -1,0 +1,1052 @@
+//! Plugin configuration: raw JSON → validated, precomputed, frozen `Config`.
+//!
+//! Keys follow oauth2-proxy's option names where the meaning is the same, so that an
+//! `OAUTH2_PROXY_COOKIE_SECRET` becomes `"cookie_secret"`. Every problem is reported as one
+//! error naming its field; a config with any error is refused as a whole.
+
+use serde_json::{Map, Value};
+use url::Url;
+
+use crate::util::{b64_any_decode, parse_duration_ms, MacKey};
+
+/// Defaults, as oauth2-proxy has them where the option exists there.
+pub const DEFAULT_SCOPE: &str = "openid email profile";
+pub const DEFAULT_COOKIE_NAME: &str = "_oauth2_proxy";
+pub const DEFAULT_COOKIE_EXPIRE: &str = "168h";
+pub const DEFAULT_PROXY_PREFIX: &str = "/oauth2";
+pub const DEFAULT_IDP_TIMEOUT: &str = "5s";
+pub const DEFAULT_JWKS_REFRESH: &str = "15m";
+/// Minimum key material in a cookie secret: 16 bytes (128 bits).
+pub const MIN_SECRET_BYTES: usize = 16;
+
+/// A string that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: String) -> Self {
+        Secret(s)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl core::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Lax,
+    Strict,
+    None,
+}
+
+impl SameSite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+            SameSite::None => "None",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenAuthMethod {
+    /// RFC 6749 §2.3.1: HTTP Basic with the form-urlencoded client id and secret.
+    ClientSecretBasic,
+    /// RFC 6749 §2.3.1: client id and secret in the request body.
+    ClientSecretPost,
+}
+
+/// The keys derived from one cookie secret. Sessions, login flows and the values derived from a
+/// login's state (PKCE verifier, nonce) each use their own key.
+#[derive(Debug, Clone)]
+pub struct KeySet {
+    pub session: MacKey,
+    pub flow: MacKey,
+    pub derive: MacKey,
+}
+
+impl KeySet {
+    fn from_material(material: &[u8]) -> Option<Self> {
+        let root = MacKey::new(material)?;
+        let sub = |label: &[u8]| MacKey::new(&root.mac(&[b"oidc-filter/v1/", label]));
+        Some(KeySet {
+            session: sub(b"session")?,
+            flow: sub(b"flow")?,
+            derive: sub(b"derive")?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedirectUrl {
+    /// Absolute, used as is.
+    Absolute(String),
+    /// A path, resolved against the request's own `:scheme` and `:authority`.
+    Path(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EmailDomains {
+    Any,
+    /// Lower-case domains; an entry starting with `.` matches subdomains.
+    List(Vec<String>),
+}
+
+/// Endpoints configured by hand when discovery is skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticEndpoints {
+    pub authorization_endpoint: Url,
+    pub token_endpoint: Url,
+    pub jwks_uri: Url,
+}
+
+#[derive(Debug, Clone)]
+pub struct CookieConfig {
+    pub name: String,
+    pub domains: Vec<String>,
+    pub path: String,
+    pub expire_secs: u64,
+    pub secure: bool,
+    pub httponly: bool,
+    pub samesite: SameSite,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdpConfig {
+    pub cluster: String,
+    /// `host[:port]` of the issuer URL; callouts to it use `authority`.
+    pub issuer_host: String,
+    pub authority: String,
+    pub timeout_ms: u64,
+    /// Other hosts (`host[:port]`) and the clusters that reach them.
+    pub clusters: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The issuer identifier exactly as configured; ID tokens' `iss` must equal it.
+    pub issuer: String,
+    pub discovery_url: Url,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub redirect_url: RedirectUrl,
+    pub callback_path: String,
+    pub sign_out_path: String,
+    pub start_path: String,
+    pub auth_path: String,
+    pub scope: String,
+    pub cookie: CookieConfig,
+    /// First signs, all verify.
+    pub keys: Vec<KeySet>,
+    pub email_domains: EmailDomains,
+    pub allow_unverified_email: bool,
+    pub whitelist_domains: Vec<String>,
+    pub set_xauthrequest: bool,
+    pub pass_user_headers: bool,
+    pub idp: IdpConfig,
+    pub token_auth: TokenAuthMethod,
+    pub static_endpoints: Option<StaticEndpoints>,
+    pub jwks_refresh_secs: u64,
+}
+
+/// One problem with one field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl core::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "oidc-filter: config: {}: {}", self.field, self.message)
+    }
+}
+
+const KNOWN_KEYS: &[&str] = &[
+    "oidc_issuer_url",
+    "client_id",
+    "client_secret",
+    "client_secret_env",
+    "redirect_url",
+    "scope",
+    "cookie_secret",
+    "cookie_secret_env",
+    "cookie_name",
+    "cookie_domains",
+    "cookie_path",
+    "cookie_expire",
+    "cookie_secure",
+    "cookie_httponly",
+    "cookie_samesite",
+    "email_domains",
+    "insecure_oidc_allow_unverified_email",
+    "whitelist_domains",
+    "set_xauthrequest",
+    "pass_user_headers",
+    "proxy_prefix",
+    "idp_cluster",
+    "idp_authority",
+    "idp_timeout",
+    "idp_clusters",
+    "token_endpoint_auth_method",
+    "skip_oidc_discovery",
+    "login_url",
+    "redeem_url",
+    "oidc_jwks_url",
+    "jwks_refresh_interval",
+];
+
+struct Fields<'a> {
+    map: &'a Map<String, Value>,
+    errors: Vec<ConfigError>,
+}
+
+impl<'a> Fields<'a> {
+    fn err(&mut self, field: &str, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            field: field.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn present(&self, key: &str) -> bool {
+        self.map.get(key).is_some_and(|v| !v.is_null())
+    }
+
+    fn string(&mut self, key: &str) -> Option<String> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => {
+                self.err(key, "must be a string");
+                None
+            }
+        }
+    }
+
+    fn required_string(&mut self, key: &str) -> Option<String> {
+        match self.string(key) {
+            Some(s) if !s.trim().is_empty() => Some(s),
+            Some(_) => {
+                self.err(key, "must not be empty");
+                None
+            }
+            None if self.present(key) => None,
+            None => {
+                self.err(key, "is required");
+                None
+            }
+        }
+    }
+
+    fn bool_or(&mut self, key: &str, default: bool) -> bool {
+        match self.map.get(key) {
+            None | Some(Value::Null) => default,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                self.err(key, "must be true or false");
+                default
+            }
+        }
+    }
+
+    /// A string or a list of strings (oauth2-proxy takes both for list options).
+    fn string_list(&mut self, key: &str) -> Option<Vec<String>> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(vec![s.clone()]),
+            Some(Value::Array(items)) => {
+                let mut out = Vec::with_capacity(items.len());
+                for item in items {
+                    match item {
+                        Value::String(s) => out.push(s.clone()),
+                        _ => {
+                            self.err(key, "must be a string or a list of strings");
+                            return None;
+                        }
+                    }
+                }
+                Some(out)
+            }
+            Some(_) => {
+                self.err(key, "must be a string or a list of strings");
+                None
+            }
+        }
+    }
+
+    fn duration_ms(&mut self, key: &str, default: &str, min_ms: u64) -> u64 {
+        let raw = self.string(key).unwrap_or_else(|| default.to_string());
+        match parse_duration_ms(&raw) {
+            Some(ms) if ms >= min_ms => ms,
+            Some(_) => {
+                self.err(key, format!("must be at least {min_ms}ms"));
+                min_ms
+            }
+            None => {
+                self.err(key, "must be a duration such as 90s, 30m, 1h30m or 168h");
+                min_ms
+            }
+        }
+    }
+
+    fn url(&mut self, key: &str, raw: &str) -> Option<Url> {
+        match Url::parse(raw) {
+            Ok(u) if (u.scheme() == "https" || u.scheme() == "http") && u.host_str().is_some() => {
+                if !u.username().is_empty() || u.password().is_some() {
+                    self.err(key, "must not contain user information");
+                    return None;
+                }
+                if u.fragment().is_some() {
+                    self.err(key, "must not contain a fragment");
+                    return None;
+                }
+                Some(u)
+            }
+            Ok(_) => {
+                self.err(key, "must be an http or https URL with a host");
+                None
+            }
+            Err(e) => {
+                self.err(key, format!("is not a valid URL ({e})"));
+                None
+            }
+        }
+    }
+}
+
+/// `host[:port]` as an authority: the port only when it is not the scheme's default.
+pub fn url_authority(u: &Url) -> String {
+    let host = u.host_str().unwrap_or_default();
+    match u.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    }
+}
+
+fn is_token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
+}
+
+fn valid_path(p: &str) -> bool {
+    p.starts_with('/')
+        && !p.contains(['?', '#', '\\'])
+        && !p.chars().any(|c| c.is_control() || c == ' ')
+}
+
+/// Parses the key material of one cookie secret: base64 of 16+ bytes (what
+/// `base64.urlsafe_b64encode(os.urandom(16))` prints), or else a raw string of 32+ bytes.
+pub fn secret_material(secret: &str) -> Result<Vec<u8>, String> {
+    if let Some(bytes) = b64_any_decode(secret) {
+        if bytes.len() >= MIN_SECRET_BYTES {
+            return Ok(bytes);
+        }
+    }
+    if secret.len() >= 2 * MIN_SECRET_BYTES {
+        return Ok(secret.as_bytes().to_vec());
+    }
+    Err(format!(
+        "a secret must hold at least {MIN_SECRET_BYTES} bytes of key material: base64 of {MIN_SECRET_BYTES}+ random bytes \
+         (e.g. python -c 'import os,base64; print(base64.urlsafe_b64encode(os.urandom(32)).decode())') \
+         or a string of {}+ characters",
+        2 * MIN_SECRET_BYTES
+    ))
+}
+
+impl Config {
+    /// Parses and validates a plugin configuration. `env` reads the VM's environment, for the
+    /// `*_env` keys. Returns every problem found, one per field.
+    pub fn parse(
+        json: &[u8],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, Vec<ConfigError>> {
+        let value: Value = match serde_json::from_slice(json) {
+            Ok(v) => v,
+            Err(e) => {
+                return Err(vec![ConfigError {
+                    field: "(configuration)".into(),
+                    message: format!(
+                        "is not valid JSON (line {}, column {})",
+                        e.line(),
+                        e.column()
+                    ),
+                }])
+            }
+        };
+        let Value::Object(map) = value else {
+            return Err(vec![ConfigError {
+                field: "(configuration)".into(),
+                message: "must be a JSON object".into(),
+            }]);
+        };
+        let mut f = Fields {
+            map: &map,
+            errors: Vec::new(),
+        };
+        for key in map.keys() {
+            if !KNOWN_KEYS.contains(&key.as_str()) {
+                f.err(key, "unknown option");
+            }
+        }
+
+        // Issuer and discovery (OpenID Connect Discovery 1.0 §4).
+        let issuer = f.required_string("oidc_issuer_url");
+        let issuer_url = issuer.as_deref().and_then(|i| f.url("oidc_issuer_url", i));
+        if let Some(u) = &issuer_url {
+            if u.query().is_some() {
+                f.err("oidc_issuer_url", "must not contain a query");
+            }
+        }
+        let discovery_url = issuer.as_deref().and_then(|i| {
+            let base = i.trim_end_matches('/');
+            Url::parse(&format!("{base}/.well-known/openid-configuration")).ok()
+        });
+
+        let client_id = f.required_string("client_id");
+        let client_secret = secret_from(&mut f, "client_secret", "client_secret_env", env)
+            .map(|v| v.into_iter().next().unwrap_or_default());
+        let client_secret = match client_secret {
+            Some(s) if !s.is_empty() => Some(Secret::new(s)),
+            Some(_) => {
+                f.err("client_secret", "must not be empty");
+                None
+            }
+            None => None,
+        };
+
+        // Endpoints under the prefix (oauth2-proxy: --proxy-prefix).
+        let prefix = f
+            .string("proxy_prefix")
+            .unwrap_or_else(|| DEFAULT_PROXY_PREFIX.to_string());
+        if !valid_path(&prefix) || prefix.ends_with('/') {
+            f.err(
+                "proxy_prefix",
+                "must be a path starting with / and not ending with /",
+            );
+        }
+        let redirect_raw = f
+            .string("redirect_url")
+            .unwrap_or_else(|| format!("{prefix}/callback"));
+        let (redirect_url, callback_path) = if redirect_raw.starts_with('/') {
+            if valid_path(&redirect_raw) && !redirect_raw.starts_with("//") {
+                (
+                    Some(RedirectUrl::Path(redirect_raw.clone())),
+                    redirect_raw.clone(),
+                )
+            } else {
+                f.err(
+                    "redirect_url",
+                    "must be an absolute http(s) URL or a path such as /oauth2/callback",
+                );
+                (None, String::new())
+            }
+        } else {
+            match f.url("redirect_url", &redirect_raw) {
+                Some(u) if u.query().is_none() => (
+                    Some(RedirectUrl::Absolute(u.as_str().to_string())),
+                    u.path().to_string(),
+                ),
+                Some(_) => {
+                    f.err("redirect_url", "must not contain a query");
+                    (None, String::new())
+                }
+                None => (None, String::new()),
+            }
+        };
+
+        let scope = f
+            .string("scope")
+            .unwrap_or_else(|| DEFAULT_SCOPE.to_string());
+        if !scope.split(' ').any(|s| s == "openid") {
+            f.err("scope", "must include openid");
+        }
+        if scope
+            .chars()
+            .any(|c| c.is_control() || c == '"' || c == '\\')
+        {
+            f.err("scope", "contains characters not allowed in a scope");
+        }
+
+        // Cookies.
+        let cookie_name = f
+            .string("cookie_name")
+            .unwrap_or_else(|| DEFAULT_COOKIE_NAME.to_string());
+        if cookie_name.is_empty() || !cookie_name.chars().all(is_token_char) {
+            f.err(
+                "cookie_name",
+                "must be a non-empty cookie name (letters, digits, and !#$%&'*+-.^_`|~)",
+            );
+        }
+        let cookie_domains: Vec<String> = f
+            .string_list("cookie_domains")
+            .unwrap_or_default()
+            .into_iter()
+            .map(|d| d.to_ascii_lowercase())
+            .collect();
+        for d in &cookie_domains {
+            let bare = d.trim_start_matches('.');
+            if bare.is_empty()
+                || !bare
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+            {
+                f.err("cookie_domains", format!("{d:?} is not a domain"));
+            }
+        }
+        let cookie_path = f.string("cookie_path").unwrap_or_else(|| "/".to_string());
+        if !valid_path(&cookie_path) || cookie_path.contains(';') {
+            f.err("cookie_path", "must be a path starting with /");
+        }
+        let expire_ms = f.duration_ms("cookie_expire", DEFAULT_COOKIE_EXPIRE, 60_000);
+        let cookie_secure = f.bool_or("cookie_secure", true);
+        let cookie_httponly = f.bool_or("cookie_httponly", true);
+        let samesite = match f
+            .string("cookie_samesite")
+            .unwrap_or_else(|| "lax".to_string())
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "lax" | "" => SameSite::Lax,
+            "strict" => SameSite::Strict,
+            "none" => {
+                if !cookie_secure {
+                    f.err(
+                        "cookie_samesite",
+                        "\"none\" needs cookie_secure: true (browsers drop SameSite=None cookies without Secure)",
+                    );
+                }
+                SameSite::None
+            }
+            _ => {
+                f.err("cookie_samesite", "must be one of lax, strict, none");
+                SameSite::Lax
+            }
+        };
+        // Cookie prefixes (RFC 6265bis §4.1.3): browsers drop such cookies unless these hold.
+        if cookie_name.starts_with("__Secure-") && !cookie_secure {
+            f.err(
+                "cookie_secure",
+                "must be true for a cookie name starting with __Secure-",
+            );
+        }
+        if cookie_name.starts_with("__Host-") {
+            if !cookie_secure {
+                f.err(
+                    "cookie_secure",
+                    "must be true for a cookie name starting with __Host-",
+                );
+            }
+            if !cookie_domains.is_empty() {
+                f.err(
+                    "cookie_domains",
+                    "must be empty for a cookie name starting with __Host-",
+                );
+            }
+            if cookie_path != "/" {
+                f.err(
+                    "cookie_path",
+                    "must be / for a cookie name starting with __Host-",
+                );
+            }
+        }
+
+        let keys = match secret_from(&mut f, "cookie_secret", "cookie_secret_env", env) {
+            Some(list) if list.is_empty() => {
+                f.err("cookie_secret", "must hold at least one secret");
+                None
+            }
+            Some(list) => {
+                let mut keys = Vec::new();
+                let field = if f.present("cookie_secret") {
+                    "cookie_secret"
+                } else {
+                    "cookie_secret_env"
+                };
+                for (i, s) in list.iter().enumerate() {
+                    match secret_material(s.trim()) {
+                        Ok(m) => match KeySet::from_material(&m) {
+                            Some(k) => keys.push(k),
+                            None => f.err(field, "could not derive keys"),
+                        },
+                        Err(msg) => f.err(field, format!("secret #{}: {msg}", i + 1)),
+                    }
+                }
+                Some(keys)
+            }
+            None => None,
+        };
+
+        // Authorization.
+        let email_domains = match f.string_list("email_domains") {
+            None => EmailDomains::Any,
+            Some(list) if list.iter().any(|d| d.trim() == "*") => EmailDomains::Any,
+            Some(list) if list.is_empty() => {
+                f.err(
+                    "email_domains",
+                    "must list at least one domain, or \"*\" for any",
+                );
+                EmailDomains::Any
+            }
+            Some(list) => {
+                let mut out = Vec::new();
+                for d in list {
+                    let d = d.trim().to_ascii_lowercase();
+                    let bare = d.trim_start_matches('.');
+                    if bare.is_empty() || bare.contains('@') || bare.contains(char::is_whitespace) {
+                        f.err("email_domains", format!("{d:?} is not a domain"));
+                    }
+                    out.push(d);
+                }
+                EmailDomains::List(out)
+            }
+        };
+        let allow_unverified_email = f.bool_or("insecure_oidc_allow_unverified_email", false);
+        let whitelist_domains: Vec<String> = f
+            .string_list("whitelist_domains")
+            .unwrap_or_default()
+            .into_iter()
+            .map(|d| d.trim().to_ascii_lowercase())
+            .collect();
+        for d in &whitelist_domains {
+            let host = d.trim_start_matches('.');
+            let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+            if host.is_empty()
+                || !host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+            {
+                f.err("whitelist_domains", format!("{d:?} is not a domain"));
+            }
+        }
+        let set_xauthrequest = f.bool_or("set_xauthrequest", false);
+        let pass_user_headers = f.bool_or("pass_user_headers", true);
+
+        // The identity provider, as the proxy reaches it.
+        let cluster = f.required_string("idp_cluster");
+        let issuer_host = issuer_url.as_ref().map(url_authority).unwrap_or_default();
+        let authority = f
+            .string("idp_authority")
+            .unwrap_or_else(|| issuer_host.clone());
+        if authority.is_empty() && issuer_url.is_some() {
+            f.err("idp_authority", "must not be empty");
+        }
+        let timeout_ms = f.duration_ms("idp_timeout", DEFAULT_IDP_TIMEOUT, 100);
+        let mut clusters = Vec::new();
+        match map.get("idp_clusters") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(m)) => {
+                for (host, c) in m {
+                    match c {
+                        Value::String(c) if !c.is_empty() && !host.is_empty() => {
+                            clusters.push((host.to_ascii_lowercase(), c.clone()))
+                        }
+                        _ => f.err(
+                            "idp_clusters",
+                            format!("{host:?} must map to a cluster name"),
+                        ),
+                    }
+                }
+            }
+            Some(_) => f.err(
+                "idp_clusters",
+                "must be an object mapping host[:port] to a cluster name",
+            ),
+        }
+        let token_auth = match f.string("token_endpoint_auth_method").as_deref() {
+            None | Some("client_secret_basic") => TokenAuthMethod::ClientSecretBasic,
+            Some("client_secret_post") => TokenAuthMethod::ClientSecretPost,
+            Some(_) => {
+                f.err(
+                    "token_endpoint_auth_method",
+                    "must be client_secret_basic or client_secret_post",
+                );
+                TokenAuthMethod::ClientSecretBasic
+            }
+        };
+        let skip_discovery = f.bool_or("skip_oidc_discovery", false);
+        let static_endpoints = if skip_discovery {
+            let get =
+                |f: &mut Fields, key: &str| f.required_string(key).and_then(|raw| f.url(key, &raw));
+            let a = get(&mut f, "login_url");
+            let t = get(&mut f, "redeem_url");
+            let j = get(&mut f, "oidc_jwks_url");
+            match (a, t, j) {
+                (Some(a), Some(t), Some(j)) => Some(StaticEndpoints {
+                    authorization_endpoint: a,
+                    token_endpoint: t,
+                    jwks_uri: j,
+                }),
+                _ => None,
+            }
+        } else {
+            for key in ["login_url", "redeem_url", "oidc_jwks_url"] {
+                if f.present(key) {
+                    f.err(key, "is only used with skip_oidc_discovery: true");
+                }
+            }
+            None
+        };
+        let jwks_refresh_ms = f.duration_ms("jwks_refresh_interval", DEFAULT_JWKS_REFRESH, 10_000);
+
+        let errors = f.errors;
+        match (
+            errors.is_empty(),
+            issuer,
+            discovery_url,
+            client_id,
+            client_secret,
+            redirect_url,
+            keys,
+            cluster,
+        ) {
+            (
+                true,
+                Some(issuer),
+                Some(discovery_url),
+                Some(client_id),
+                Some(client_secret),
+                Some(redirect_url),
+                Some(keys),
+                Some(cluster),
+            ) => Ok(Config {
+                issuer,
+                discovery_url,
+                client_id,
+                client_secret,
+                redirect_url,
+                callback_path,
+                sign_out_path: format!("{prefix}/sign_out"),
+                start_path: format!("{prefix}/start"),
+                auth_path: format!("{prefix}/auth"),
+                scope,
+                cookie: CookieConfig {
+                    name: cookie_name,
+                    domains: cookie_domains,
+                    path: cookie_path,
+                    expire_secs: expire_ms / 1000,
+                    secure: cookie_secure,
+                    httponly: cookie_httponly,
+                    samesite,
+                },
+                keys,
+                email_domains,
+                allow_unverified_email,
+                whitelist_domains,
+                set_xauthrequest,
+                pass_user_headers,
+                idp: IdpConfig {
+                    cluster,
+                    issuer_host,
+                    authority,
+                    timeout_ms,
+                    clusters,
+                },
+                token_auth,
+                static_endpoints,
+                jwks_refresh_secs: jwks_refresh_ms / 1000,
+            }),
+            _ => Err(if errors.is_empty() {
+                vec![ConfigError {
+                    field: "(configuration)".into(),
+                    message: "incomplete".into(),
+                }]
+            } else {
+                errors
+            }),
+        }
+    }
+
+    /// The cluster and `:authority` for a callout to `url`: the issuer's host goes through
+    /// `idp_cluster` with `idp_authority`; other hosts need an `idp_clusters` entry.
+    pub fn route_for(&self, url: &Url) -> Option<(String, String)> {
+        let auth = url_authority(url).to_ascii_lowercase();
+        if auth == self.idp.issuer_host.to_ascii_lowercase() {
+            return Some((self.idp.cluster.clone(), self.idp.authority.clone()));
+        }
+        let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+        self.idp
+            .clusters
+            .iter()
+            .find(|(h, _)| *h == auth || *h == host)
+            .map(|(_, c)| (c.clone(), auth.clone()))
+    }
+}
+
+/// Reads a secret option that may be given inline (string or list) or by the name of a VM
+/// environment variable (one secret, or a comma-separated list).
+fn secret_from(
+    f: &mut Fields,
+    key: &str,
+    env_key: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<Vec<String>> {
+    let inline = f.present(key);
+    let by_env = f.present(env_key);
+    match (inline, by_env) {
+        (true, true) => {
+            f.err(key, format!("set either {key} or {env_key}, not both"));
+            None
+        }
+        (true, false) => f.string_list(key),
+        (false, true) => {
+            let name = f.required_string(env_key)?;
+            match env(&name) {
+                Some(v) if !v.trim().is_empty() => Some(
+                    v.split(',')
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect(),
+                ),
+                _ => {
+                    f.err(
+                        env_key,
+                        format!("the VM environment variable {name:?} is not set or empty"),
+                    );
+                    None
+                }
+            }
+        }
+        (false, false) => {
+            f.err(key, format!("is required (or {env_key})"));
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub const SECRET: &str = "3q2-7wAAAAAAAAAAAAAAAA=="; // base64url of 16 bytes
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn base() -> serde_json::Value {
+        serde_json::json!({
+            "oidc_issuer_url": "https://issuer.example.com",
+            "client_id": "app",
+            "client_secret": "s3cret",
+            "cookie_secret": SECRET,
+            "idp_cluster": "idp",
+        })
+    }
+
+    fn parse(v: &serde_json::Value) -> Result<Config, Vec<ConfigError>> {
+        Config::parse(v.to_string().as_bytes(), &no_env)
+    }
+
+    fn fields(v: &serde_json::Value) -> Vec<String> {
+        match parse(v) {
+            Ok(_) => vec![],
+            Err(e) => e.into_iter().map(|e| e.field).collect(),
+        }
+    }
+
+    #[test]
+    fn minimal_config_takes_oauth2_proxy_defaults() {
+        let c = parse(&base()).unwrap();
+        assert_eq!(c.cookie.name, "_oauth2_proxy");
+        assert_eq!(c.cookie.expire_secs, 168 * 3600);
+        assert!(c.cookie.secure && c.cookie.httponly);
+        assert_eq!(c.cookie.samesite, SameSite::Lax);
+        assert_eq!(c.scope, "openid email profile");
+        assert_eq!(c.callback_path, "/oauth2/callback");
+        assert_eq!(c.sign_out_path, "/oauth2/sign_out");
+        assert_eq!(c.redirect_url, RedirectUrl::Path("/oauth2/callback".into()));
+        assert_eq!(c.email_domains, EmailDomains::Any);
+        assert_eq!(
+            c.discovery_url.as_str(),
+            "https://issuer.example.com/.well-known/openid-configuration"
+        );
+        assert_eq!(c.idp.authority, "issuer.example.com");
+        assert_eq!(c.keys.len(), 1);
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn every_wrong_field_is_named() {
+        let v = serde_json::json!({
+            "oidc_issuer_url": "ftp://x",
+            "client_id": "",
+            "cookie_secret": "short",
+            "cookie_expire": "soon",
+            "cookie_samesite": "sometimes",
+            "idp_timeout": 5,
+            "frobnicate": true,
+        });
+        let mut got = fields(&v);
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                "client_id",
+                "client_secret",
+                "cookie_expire",
+                "cookie_samesite",
+                "cookie_secret",
+                "frobnicate",
+                "idp_cluster",
+                "idp_timeout",
+                "oidc_issuer_url",
+            ]
+        );
+    }
+
+    #[test]
+    fn not_json_or_not_object() {
+        assert_eq!(
+            Config::parse(b"{", &no_env).unwrap_err()[0].field,
+            "(configuration)"
+        );
+        assert_eq!(
+            Config::parse(b"[]", &no_env).unwrap_err()[0].field,
+            "(configuration)"
+        );
+    }
+
+    #[test]
+    fn seed_style_secret_accepted_short_rejected() {
+        // base64.urlsafe_b64encode(os.urandom(16)) → 24 characters.
+        assert_eq!(
+            secret_material("q83vEjRWeJCrze8SNFZ4kA==").unwrap().len(),
+            16
+        );
+        assert_eq!(secret_material("q83vEjRWeJCrze8SNFZ4kA").unwrap().len(), 16);
+        assert!(secret_material("q83vEjRWeJCrze8S").is_err()); // 12 bytes
+        assert!(secret_material("correct horse battery").is_err());
+        assert!(secret_material("correct horse battery staple, ok!").is_ok());
+        let mut v = base();
+        v["cookie_secret"] = "abc".into();
+        assert_eq!(fields(&v), vec!["cookie_secret"]);
+    }
+
+    #[test]
+    fn secret_list_rotation_and_env() {
+        let mut v = base();
+        v["cookie_secret"] = serde_json::json!([SECRET, "q83vEjRWeJCrze8SNFZ4kA=="]);
+        assert_eq!(parse(&v).unwrap().keys.len(), 2);
+
+        let mut v = base();
+        v.as_object_mut().unwrap().remove("cookie_secret");
+        v.as_object_mut().unwrap().remove("client_secret");
+        v["cookie_secret_env"] = "COOKIE".into();
+        v["client_secret_env"] = "CLIENT".into();
+        let env = |k: &str| match k {
+            "COOKIE" => Some(format!("{SECRET}, q83vEjRWeJCrze8SNFZ4kA==")),
+            "CLIENT" => Some("from-env".to_string()),
+            _ => None,
+        };
+        let c = Config::parse(v.to_string().as_bytes(), &env).unwrap();
+        assert_eq!(c.keys.len(), 2);
+        assert_eq!(c.client_secret.expose(), "from-env");
+        let errs = Config::parse(v.to_string().as_bytes(), &no_env).unwrap_err();
+        let mut f: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        f.sort();
+        assert_eq!(f, vec!["client_secret_env", "cookie_secret_env"]);
+
+        let mut v = base();
+        v["cookie_secret_env"] = "COOKIE".into();
+        assert_eq!(fields(&v), vec!["cookie_secret"]);
+    }
+
+    #[test]
+    fn cookie_prefix_rules() {
+        let mut v = base();
+        v["cookie_name"] = "__Host-session".into();
+        v["cookie_secure"] = false.into();
+        v["cookie_domains"] = serde_json::json!([".example.com"]);
+        let mut f = fields(&v);
+        f.sort();
+        assert_eq!(f, vec!["cookie_domains", "cookie_secure"]);
+        let mut v = base();
+        v["cookie_samesite"] = "none".into();
+        v["cookie_secure"] = false.into();
+        assert_eq!(fields(&v), vec!["cookie_samesite"]);
+        let mut v = base();
+        v["cookie_name"] = "bad name;".into();
+        assert_eq!(fields(&v), vec!["cookie_name"]);
+    }
+
+    #[test]
+    fn redirect_url_forms() {
+        let mut v = base();
+        v["redirect_url"] = "https://app.example.com/cb".into();
+        let c = parse(&v).unwrap();
+        assert_eq!(c.callback_path, "/cb");
+        assert_eq!(
+            c.redirect_url,
+            RedirectUrl::Absolute("https://app.example.com/cb".into())
+        );
+        for bad in [
+            "//evil/cb",
+            "cb",
+            "javascript:alert(1)",
+            "/cb?x=1",
+            "https://a/cb?x",
+        ] {
+            let mut v = base();
+            v["redirect_url"] = bad.into();
+            assert_eq!(fields(&v), vec!["redirect_url"], "{bad}");
+        }
+    }
+
+    #[test]
+    fn skip_discovery_needs_endpoints() {
+        let mut v = base();
+        v["skip_oidc_discovery"] = true.into();
+        v["login_url"] = "https://issuer.example.com/auth".into();
+        let mut f = fields(&v);
+        f.sort();
+        assert_eq!(f, vec!["oidc_jwks_url", "redeem_url"]);
+        v["redeem_url"] = "https://issuer.example.com/token".into();
+        v["oidc_jwks_url"] = "https://keys.example.net/jwks".into();
+        assert!(parse(&v).unwrap().static_endpoints.is_some());
+        let mut v = base();
+        v["login_url"] = "https://issuer.example.com/auth".into();
+        assert_eq!(fields(&v), vec!["login_url"]);
+    }
+
+    #[test]
+    fn callout_routes() {
+        let mut v = base();
+        v["idp_authority"] = "issuer.internal".into();
+        v["idp_clusters"] = serde_json::json!({"keys.example.net": "keys"});
+        let c = parse(&v).unwrap();
+        let r = |u: &str| c.route_for(&Url::parse(u).unwrap());
+        assert_eq!(
+            r("https://issuer.example.com/token"),
+            Some(("idp".into(), "issuer.internal".into()))
+        );
+        assert_eq!(
+            r("https://keys.example.net/jwks"),
+            Some(("keys".into(), "keys.example.net".into()))
+        );
+        assert_eq!(r("https://other.example.org/x"), None);
+        let mut v = base();
+        v["idp_clusters"] = serde_json::json!({"keys.example.net": 3});
+        assert_eq!(fields(&v), vec!["idp_clusters"]);
+    }
+
+    #[test]
+    fn email_domains_parse() {
+        let mut v = base();
+        v["email_domains"] = serde_json::json!(["Example.com", ".corp.example"]);
+        assert_eq!(
+            parse(&v).unwrap().email_domains,
+            EmailDomains::List(vec!["example.com".into(), ".corp.example".into()])
+        );
+        v["email_domains"] = serde_json::json!("*");
+        assert_eq!(parse(&v).unwrap().email_domains, EmailDomains::Any);
+        v["email_domains"] = serde_json::json!(["a@b"]);
+        assert_eq!(fields(&v), vec!["email_domains"]);
+    }
+}

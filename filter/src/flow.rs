@@ -1,0 +1,723 @@
+//! The request state machine. Everything comes in as arguments (the request, the time, random
+//! bytes, the provider's metadata and keys, a callout's result) and a decision goes out as
+//! data; the wasm glue carries it out.
+
+use crate::config::{Config, EmailDomains, RedirectUrl, SameSite, TokenAuthMethod};
+use crate::http::{
+    form_encode, is_identity_header, query_params, valid_authority, CookieAttrs, Request,
+};
+use crate::oidc::{self, Expected, IdTokenError, Identity, KeySet, Provider};
+use crate::redirect::validate_return_url;
+use crate::session::{
+    code_challenge, derive_nonce, derive_verifier, flow_cookie_name, LoginFlow, Session,
+    FLOW_ID_LEN, MAX_CLAIM_LEN,
+};
+use crate::util::{b64_std, b64url};
+
+/// How long a login may take between the redirect and the callback.
+pub const LOGIN_TTL_SECS: u64 = 600;
+/// Clock skew allowed on `exp` and `iat` of ID tokens.
+pub const ID_TOKEN_LEEWAY_SECS: u64 = 60;
+/// Seconds a client is told to wait while the provider's metadata is not loaded.
+pub const RETRY_AFTER_SECS: u32 = 5;
+
+/// A request to the identity provider, made through the proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Callout {
+    pub cluster: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub timeout_ms: u64,
+}
+
+/// A reply the filter sends itself. `reason` is a stable code, also sent in
+/// `x-oidc-filter-reason`; `detail` goes to the log only and never holds a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u32,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    pub reason: &'static str,
+    pub detail: Option<String>,
+}
+
+/// What to do to a request that goes on upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Forward {
+    /// Header names to remove (first).
+    pub remove: Vec<String>,
+    /// Headers to set (after removal).
+    pub set: Vec<(String, String)>,
+}
+
+/// A login waiting for the token endpoint's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingLogin {
+    pub nonce: String,
+    pub return_url: String,
+    pub flow_cookie: String,
+    pub host: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Continue(Forward),
+    Reply(LocalReply),
+    /// Send the callout, pause the request, then call `on_token_response`.
+    ExchangeCode {
+        callout: Callout,
+        pending: PendingLogin,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenOutcome {
+    Reply(LocalReply),
+    /// The ID token names a key we do not have: refetch the JWKS and call again.
+    RefetchJwks,
+}
+
+/// The provider as the filter currently knows it; `None` until loaded.
+pub struct Idp<'a> {
+    pub provider: &'a Provider,
+    pub keys: &'a KeySet,
+}
+
+pub struct Ctx<'a> {
+    pub config: &'a Config,
+    pub idp: Option<Idp<'a>>,
+    pub now: u64,
+}
+
+fn phrase(status: u32) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+pub fn error_reply(status: u32, reason: &'static str, detail: Option<String>) -> LocalReply {
+    LocalReply {
+        status,
+        headers: vec![
+            ("content-type".into(), "text/plain; charset=utf-8".into()),
+            ("cache-control".into(), "no-store".into()),
+            ("x-oidc-filter-reason".into(), reason.into()),
+        ],
+        body: format!("{status} {}: {reason}\n", phrase(status)),
+        reason,
+        detail,
+    }
+}
+
+fn redirect(location: &str, cookies: Vec<String>, reason: &'static str) -> LocalReply {
+    let mut headers = vec![
+        ("location".to_string(), location.to_string()),
+        ("cache-control".to_string(), "no-store".to_string()),
+    ];
+    for c in cookies {
+        headers.push(("set-cookie".to_string(), c));
+    }
+    LocalReply {
+        status: 302,
+        headers,
+        body: String::new(),
+        reason,
+        detail: None,
+    }
+}
+
+fn not_ready() -> LocalReply {
+    let mut r = error_reply(
+        503,
+        "idp_not_ready",
+        Some("provider metadata or keys not loaded yet".into()),
+    );
+    r.headers
+        .push(("retry-after".into(), RETRY_AFTER_SECS.to_string()));
+    r
+}
+
+/// Entry point for every request's headers.
+/// `random` yields 32 fresh random bytes (or `None` if the host has none); it is called only
+/// when a login starts.
+pub fn on_request(
+    ctx: &Ctx<'_>,
+    req: &Request,
+    random: &mut dyn FnMut() -> Option<[u8; 32]>,
+) -> Decision {
+    let cfg = ctx.config;
+    // Classify on the path alone, by exact match.
+    let path = req.path_only();
+    if path == cfg.callback_path {
+        return on_callback(ctx, req);
+    }
+    if path == cfg.sign_out_path {
+        return Decision::Reply(sign_out(ctx, req));
+    }
+    if path == cfg.start_path {
+        let rd = rd_param(req);
+        let target = rd
+            .and_then(|rd| validate_return_url(&rd, &req.authority, &cfg.whitelist_domains))
+            .unwrap_or_else(|| "/".to_string());
+        return Decision::Reply(redirect_to_authorization_endpoint(ctx, req, random, target));
+    }
+    let session = current_session(ctx, req);
+    if path == cfg.auth_path {
+        return Decision::Reply(auth_endpoint(ctx, session.as_ref()));
+    }
+    match session {
+        Some(s) => Decision::Continue(forward(cfg, req, &s)),
+        None if is_navigation(req) => {
+            // The URL asked for becomes the return URL only through the same validation as rd.
+            let target = validate_return_url(&req.path, &req.authority, &[])
+                .unwrap_or_else(|| "/".to_string());
+            Decision::Reply(redirect_to_authorization_endpoint(ctx, req, random, target))
+        }
+        None => Decision::Reply(unauthorized()),
+    }
+}
+
+fn unauthorized() -> LocalReply {
+    let mut r = error_reply(401, "unauthenticated", None);
+    r.headers.push((
+        "www-authenticate".into(),
+        "Cookie realm=\"oidc-filter\"".into(),
+    ));
+    r
+}
+
+fn rd_param(req: &Request) -> Option<String> {
+    let params = query_params(req.query());
+    let mut rds = params
+        .into_iter()
+        .filter(|(k, _)| k == "rd")
+        .map(|(_, v)| v);
+    let first = rds.next();
+    if rds.next().is_some() {
+        return None;
+    }
+    first
+}
+
+/// A browser navigating, as opposed to an API client or a script (which get 401).
+pub fn is_navigation(req: &Request) -> bool {
+    if !(req.method.eq_ignore_ascii_case("GET") || req.method.eq_ignore_ascii_case("HEAD")) {
+        return false;
+    }
+    if req
+        .header("x-requested-with")
+        .is_some_and(|v| v.eq_ignore_ascii_case("XMLHttpRequest"))
+    {
+        return false;
+    }
+    if req
+        .header("sec-fetch-mode")
+        .is_some_and(|v| !v.eq_ignore_ascii_case("navigate"))
+    {
+        return false;
+    }
+    if let Some(accept) = req.header("accept") {
+        let a = accept.to_ascii_lowercase();
+        if a.contains("application/json") && !a.contains("text/html") {
+            return false;
+        }
+    }
+    true
+}
+
+/// `verify_session` over every cookie with our name (a browser may hold several).
+fn current_session(ctx: &Ctx<'_>, req: &Request) -> Option<Session> {
+    let name = &ctx.config.cookie.name;
+    req.cookies()
+        .filter(|(k, _)| k == name)
+        .find_map(|(_, v)| Session::verify(&ctx.config.keys, name, v, ctx.now).ok())
+}
+
+fn is_our_cookie(cfg: &Config, name: &str) -> bool {
+    name == cfg.cookie.name
+        || name
+            .strip_prefix(cfg.cookie.name.as_str())
+            .is_some_and(|rest| rest.starts_with("_csrf_"))
+}
+
+fn identity_headers(cfg: &Config, s: &Session, for_upstream: bool) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut push = |family: &str, name: &str, value: &str| {
+        if !value.is_empty() {
+            out.push((format!("{family}{name}"), value.to_string()));
+        }
+    };
+    if cfg.pass_user_headers && for_upstream {
+        push("x-forwarded-", "user", &s.sub);
+        push("x-forwarded-", "email", &s.email);
+        push("x-forwarded-", "preferred-username", &s.preferred_username);
+    }
+    if cfg.set_xauthrequest || !for_upstream {
+        push("x-auth-request-", "user", &s.sub);
+        push("x-auth-request-", "email", &s.email);
+        push(
+            "x-auth-request-",
+            "preferred-username",
+            &s.preferred_username,
+        );
+    }
+    out
+}
+
+/// The request goes upstream without any identity header the client sent, without our
+/// cookies, and with the session's identity.
+fn forward(cfg: &Config, req: &Request, s: &Session) -> Forward {
+    let mut f = Forward::default();
+    for (name, _) in &req.headers {
+        if is_identity_header(name) && !f.remove.contains(name) {
+            f.remove.push(name.clone());
+        }
+    }
+    if req.cookies().any(|(k, _)| is_our_cookie(cfg, k)) {
+        let rest: Vec<String> = req
+            .cookies()
+            .filter(|(k, _)| !is_our_cookie(cfg, k))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        f.remove.push("cookie".into());
+        if !rest.is_empty() {
+            f.set.push(("cookie".into(), rest.join("; ")));
+        }
+    }
+    f.set.extend(identity_headers(cfg, s, true));
+    f
+}
+
+/// oauth2-proxy's `/oauth2/auth`: 202 with the identity in response headers, or 401.
+fn auth_endpoint(ctx: &Ctx<'_>, session: Option<&Session>) -> LocalReply {
+    match session {
+        Some(s) => LocalReply {
+            status: 202,
+            headers: identity_headers(ctx.config, s, false),
+            body: String::new(),
+            reason: "authenticated",
+            detail: None,
+        },
+        None => unauthorized(),
+    }
+}
+
+/// `redirect_url` resolved against the request's own scheme and `:authority`.
+fn redirect_uri(cfg: &Config, req: &Request) -> Option<String> {
+    match &cfg.redirect_url {
+        RedirectUrl::Absolute(u) => Some(u.clone()),
+        RedirectUrl::Path(p) => {
+            if !valid_authority(&req.authority) {
+                return None;
+            }
+            let scheme = if req.scheme.eq_ignore_ascii_case("http") {
+                "http"
+            } else {
+                "https"
+            };
+            Some(format!("{scheme}://{}{p}", req.authority))
+        }
+    }
+}
+
+fn flow_attrs(cfg: &Config, host: &str) -> CookieAttrs {
+    let mut a = CookieAttrs::session(&cfg.cookie, host);
+    a.path = cfg.callback_path.clone();
+    // The callback is a cross-site navigation from the provider: a Strict cookie would not
+    // come back with it.
+    if cfg.cookie.samesite == SameSite::Strict {
+        a.samesite = SameSite::Lax.as_str();
+    }
+    a
+}
+
+/// RFC 6749 §4.1.1 with PKCE (RFC 7636 §4.3) and a nonce (OIDC Core §3.1.2.1).
+fn redirect_to_authorization_endpoint(
+    ctx: &Ctx<'_>,
+    req: &Request,
+    random: &mut dyn FnMut() -> Option<[u8; 32]>,
+    return_url: String,
+) -> LocalReply {
+    let cfg = ctx.config;
+    let Some(idp) = &ctx.idp else {
+        return not_ready();
+    };
+    let Some(redirect_uri) = redirect_uri(cfg, req) else {
+        return error_reply(
+            400,
+            "bad_request",
+            Some("request :authority is not a valid host".into()),
+        );
+    };
+    let Some(key) = cfg.keys.first() else {
+        return error_reply(500, "internal_error", Some("no cookie key".into()));
+    };
+    let Some(random) = random() else {
+        return error_reply(
+            500,
+            "internal_error",
+            Some("no randomness from the host".into()),
+        );
+    };
+    let state = b64url(&random);
+    let nonce = derive_nonce(key, &state);
+    let challenge = code_challenge(&derive_verifier(key, &state));
+    let Some(cookie_name) = flow_cookie_name(&cfg.cookie.name, &state) else {
+        return error_reply(500, "internal_error", Some("state too short".into()));
+    };
+    let flow = LoginFlow {
+        expires_at: ctx.now + LOGIN_TTL_SECS,
+        state: state.clone(),
+        return_url,
+    };
+    let Some(value) = flow.encode(key, &cookie_name) else {
+        return error_reply(500, "internal_error", Some("login cookie too large".into()));
+    };
+    let mut location = idp.provider.authorization_endpoint.clone();
+    location.query_pairs_mut().extend_pairs([
+        ("response_type", "code"),
+        ("client_id", cfg.client_id.as_str()),
+        ("redirect_uri", redirect_uri.as_str()),
+        ("scope", cfg.scope.as_str()),
+        ("state", state.as_str()),
+        ("nonce", nonce.as_str()),
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+    ]);
+    let cookie = flow_attrs(cfg, &req.host()).set(&cookie_name, &value, LOGIN_TTL_SECS);
+    redirect(location.as_str(), vec![cookie], "login_redirect")
+}
+
+fn is_state_shaped(s: &str) -> bool {
+    s.len() == 43
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// RFC 6749 §4.1.2: the authorization response at the redirect URI.
+fn on_callback(ctx: &Ctx<'_>, req: &Request) -> Decision {
+    let cfg = ctx.config;
+    let params = query_params(req.query());
+    let one = |name: &str| -> Result<Option<&str>, ()> {
+        let mut it = params.iter().filter(|(k, _)| k == name);
+        let first = it.next().map(|(_, v)| v.as_str());
+        if it.next().is_some() {
+            return Err(());
+        }
+        Ok(first)
+    };
+    let (Ok(code), Ok(state), Ok(error), Ok(iss)) =
+        (one("code"), one("state"), one("error"), one("iss"))
+    else {
+        return Decision::Reply(error_reply(
+            403,
+            "callback_invalid",
+            Some("repeated callback parameter".into()),
+        ));
+    };
+    // RFC 6749 §4.1.2.1: the provider reports an error. Only a known code is echoed.
+    if let Some(e) = error {
+        const KNOWN: &[&str] = &[
+            "invalid_request",
+            "unauthorized_client",
+            "access_denied",
+            "unsupported_response_type",
+            "invalid_scope",
+            "server_error",
+            "temporarily_unavailable",
+            "interaction_required",
+            "login_required",
+            "account_selection_required",
+            "consent_required",
+            "invalid_request_uri",
+            "invalid_request_object",
+            "request_not_supported",
+            "request_uri_not_supported",
+            "registration_not_supported",
+        ];
+        let code = if KNOWN.contains(&e) { e } else { "other" };
+        let mut r = error_reply(403, "idp_error", Some(format!("provider error {code}")));
+        r.body = format!("403 Forbidden: idp_error: {code}\n");
+        return Decision::Reply(r);
+    }
+    let (Some(code), Some(state)) = (code, state) else {
+        return Decision::Reply(error_reply(
+            403,
+            "callback_invalid",
+            Some("callback without code or state".into()),
+        ));
+    };
+    if code.is_empty() || code.len() > 4096 || !is_state_shaped(state) {
+        return Decision::Reply(error_reply(
+            403,
+            "callback_invalid",
+            Some("malformed code or state".into()),
+        ));
+    }
+    // RFC 9207: if the provider names itself, it must be our issuer (mix-up defence).
+    if iss.is_some_and(|i| i != cfg.issuer) {
+        return Decision::Reply(error_reply(
+            403,
+            "callback_invalid",
+            Some("iss parameter is not the issuer".into()),
+        ));
+    }
+    let Some(cookie_name) = flow_cookie_name(&cfg.cookie.name, state) else {
+        return Decision::Reply(error_reply(403, "callback_invalid", None));
+    };
+    let flow = req
+        .cookies()
+        .filter(|(k, _)| *k == cookie_name)
+        .find_map(|(_, v)| LoginFlow::verify(&cfg.keys, &cookie_name, v, ctx.now).ok());
+    let Some((flow, key_index)) = flow else {
+        return Decision::Reply(error_reply(
+            403,
+            "login_expired",
+            Some("no valid login cookie for this state".into()),
+        ));
+    };
+    if !crate::util::ct_eq(flow.state.as_bytes(), state.as_bytes()) {
+        return Decision::Reply(error_reply(403, "state_mismatch", None));
+    }
+    let Some(idp) = &ctx.idp else {
+        return Decision::Reply(not_ready());
+    };
+    let Some(redirect_uri) = redirect_uri(cfg, req) else {
+        return Decision::Reply(error_reply(400, "bad_request", None));
+    };
+    let Some(key) = cfg.keys.get(key_index) else {
+        return Decision::Reply(error_reply(500, "internal_error", None));
+    };
+    let Some(callout) = token_request(
+        cfg,
+        idp.provider,
+        code,
+        &redirect_uri,
+        &derive_verifier(key, state),
+    ) else {
+        return Decision::Reply(error_reply(
+            500,
+            "internal_error",
+            Some("no cluster for the token endpoint's host (see idp_clusters)".into()),
+        ));
+    };
+    debug_assert!(cookie_name.len() > FLOW_ID_LEN);
+    Decision::ExchangeCode {
+        callout,
+        pending: PendingLogin {
+            nonce: derive_nonce(key, state),
+            return_url: flow.return_url,
+            flow_cookie: cookie_name,
+            host: req.host(),
+        },
+    }
+}
+
+/// RFC 6749 §4.1.3 token request with the PKCE verifier (RFC 7636 §4.5).
+fn token_request(
+    cfg: &Config,
+    provider: &Provider,
+    code: &str,
+    redirect_uri: &str,
+    verifier: &str,
+) -> Option<Callout> {
+    let url = &provider.token_endpoint;
+    let (cluster, authority) = cfg.route_for(url)?;
+    let mut path = url.path().to_string();
+    if let Some(q) = url.query() {
+        path.push('?');
+        path.push_str(q);
+    }
+    let mut headers = vec![
+        (":method".to_string(), "POST".to_string()),
+        (":path".to_string(), path),
+        (":authority".to_string(), authority),
+        (
+            "content-type".to_string(),
+            "application/x-www-form-urlencoded".to_string(),
+        ),
+        ("accept".to_string(), "application/json".to_string()),
+    ];
+    let mut form: Vec<(&str, &str)> = vec![
+        ("grant_type", "authorization_code"),
+        ("code", code),
+        ("redirect_uri", redirect_uri),
+        ("code_verifier", verifier),
+    ];
+    match cfg.token_auth {
+        TokenAuthMethod::ClientSecretBasic => {
+            // RFC 6749 §2.3.1: each part form-urlencoded before Basic encoding.
+            let user = form_encode(&[("", &cfg.client_id)]);
+            let pass = form_encode(&[("", cfg.client_secret.expose())]);
+            let creds = format!(
+                "{}:{}",
+                user.trim_start_matches('='),
+                pass.trim_start_matches('=')
+            );
+            headers.push((
+                "authorization".to_string(),
+                format!("Basic {}", b64_std(creds.as_bytes())),
+            ));
+        }
+        TokenAuthMethod::ClientSecretPost => {
+            form.push(("client_id", &cfg.client_id));
+            form.push(("client_secret", cfg.client_secret.expose()));
+        }
+    }
+    Some(Callout {
+        cluster,
+        headers,
+        body: form_encode(&form).into_bytes(),
+        timeout_ms: cfg.idp.timeout_ms,
+    })
+}
+
+fn email_domain_allowed(domains: &EmailDomains, email: &str) -> bool {
+    let allowed = match domains {
+        EmailDomains::Any => return true,
+        EmailDomains::List(l) => l,
+    };
+    let mut parts = email.split('@');
+    let (Some(local), Some(domain), None) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    if local.is_empty() || domain.is_empty() {
+        return false;
+    }
+    let domain = domain.to_ascii_lowercase();
+    allowed.iter().any(|d| match d.strip_prefix('.') {
+        Some(_) => domain.ends_with(d.as_str()),
+        None => domain == *d,
+    })
+}
+
+/// A claim fit for a header: no control characters, bounded length.
+fn clean_claim(v: Option<&str>) -> String {
+    match v {
+        Some(s) if s.len() <= MAX_CLAIM_LEN && !s.chars().any(char::is_control) => s.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// The token endpoint answered (`status` is `None` when the call failed or timed out).
+pub fn on_token_response(
+    ctx: &Ctx<'_>,
+    pending: &PendingLogin,
+    status: Option<u32>,
+    body: &[u8],
+    may_refetch_jwks: bool,
+) -> TokenOutcome {
+    let cfg = ctx.config;
+    let fail = |r: LocalReply| TokenOutcome::Reply(r);
+    let Some(idp) = &ctx.idp else {
+        return fail(not_ready());
+    };
+    let status = match status {
+        None => {
+            return fail(error_reply(
+                502,
+                "token_request_failed",
+                Some("token endpoint unreachable or timed out".into()),
+            ))
+        }
+        Some(s) => s,
+    };
+    if status != 200 {
+        return fail(error_reply(
+            502,
+            "token_request_failed",
+            Some(format!("token endpoint answered {status}")),
+        ));
+    }
+    let id_token = match oidc::id_token_from_response(body) {
+        Ok(t) => t,
+        Err(why) => return fail(error_reply(502, "token_response_invalid", Some(why.into()))),
+    };
+    let expected = Expected {
+        issuer: &idp.provider.issuer,
+        client_id: &cfg.client_id,
+        nonce: &pending.nonce,
+        now: ctx.now,
+        leeway: ID_TOKEN_LEEWAY_SECS,
+    };
+    let identity: Identity = match oidc::validate_id_token(&id_token, idp.keys, &expected) {
+        Ok(i) => i,
+        Err(IdTokenError::UnknownKid(_)) if may_refetch_jwks => return TokenOutcome::RefetchJwks,
+        Err(e) => {
+            return fail(error_reply(
+                502,
+                "id_token_invalid",
+                Some(format!("ID token refused: {}", e.describe())),
+            ))
+        }
+    };
+    let email = clean_claim(identity.email.as_deref());
+    if email.is_empty() && matches!(cfg.email_domains, EmailDomains::List(_)) {
+        return fail(error_reply(
+            403,
+            "email_not_allowed",
+            Some("no email claim".into()),
+        ));
+    }
+    if !email.is_empty() {
+        if identity.email_verified == Some(false) && !cfg.allow_unverified_email {
+            return fail(error_reply(403, "email_unverified", None));
+        }
+        if !email_domain_allowed(&cfg.email_domains, &email) {
+            return fail(error_reply(
+                403,
+                "email_not_allowed",
+                Some("email domain not in email_domains".into()),
+            ));
+        }
+    }
+    let Some(key) = cfg.keys.first() else {
+        return fail(error_reply(500, "internal_error", None));
+    };
+    let session = Session {
+        expires_at: ctx.now + cfg.cookie.expire_secs,
+        issued_at: ctx.now,
+        sub: clean_claim(Some(&identity.sub)),
+        email,
+        preferred_username: clean_claim(identity.preferred_username.as_deref()),
+    };
+    if session.sub.is_empty() {
+        return fail(error_reply(
+            502,
+            "id_token_invalid",
+            Some("unusable sub".into()),
+        ));
+    }
+    let Some(value) = session.encode(key, &cfg.cookie.name) else {
+        return fail(error_reply(
+            500,
+            "internal_error",
+            Some("session cookie too large".into()),
+        ));
+    };
+    let attrs = CookieAttrs::session(&cfg.cookie, &pending.host);
+    let cookies = vec![
+        attrs.set(&cfg.cookie.name, &value, cfg.cookie.expire_secs),
+        flow_attrs(cfg, &pending.host).clear(&pending.flow_cookie),
+    ];
+    let mut r = redirect(&pending.return_url, cookies, "login_complete");
+    r.detail = Some("login complete".into());
+    TokenOutcome::Reply(r)
+}
+
+/// Clears the session cookie with the attributes it was set with, then sends the user to a
+/// validated `rd` (or `/`).
+fn sign_out(ctx: &Ctx<'_>, req: &Request) -> LocalReply {
+    let cfg = ctx.config;
+    let target = rd_param(req)
+        .and_then(|rd| validate_return_url(&rd, &req.authority, &cfg.whitelist_domains))
+        .unwrap_or_else(|| "/".to_string());
+    let attrs = CookieAttrs::session(&cfg.cookie, &req.host());
+    redirect(&target, vec![attrs.clear(&cfg.cookie.name)], "signed_out")
+}

@@ -1,0 +1,302 @@
+//! HTTP pieces: the request view the core decides on, Cookie parsing (RFC 6265 §5.4),
+//! Set-Cookie building, query parameters, and the names of identity headers.
+
+use crate::config::CookieConfig;
+
+/// What the core sees of a request. Built by the glue from the host's header map.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub method: String,
+    pub scheme: String,
+    pub authority: String,
+    /// `:path` as received: path, query and (rarely) fragment.
+    pub path: String,
+    /// Every request header, names lower-case as the proxy delivers them.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The path alone: no query, no fragment.
+    pub fn path_only(&self) -> &str {
+        let end = self.path.find(['?', '#']).unwrap_or(self.path.len());
+        &self.path[..end]
+    }
+
+    pub fn query(&self) -> &str {
+        let before_fragment = &self.path[..self.path.find('#').unwrap_or(self.path.len())];
+        match before_fragment.find('?') {
+            Some(i) => &before_fragment[i + 1..],
+            None => "",
+        }
+    }
+
+    /// Every cookie of every `Cookie` header, in order.
+    pub fn cookies(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("cookie"))
+            .flat_map(|(_, v)| parse_cookie_header(v))
+    }
+
+    pub fn cookie(&self, name: &str) -> Option<&str> {
+        self.cookies().find(|(k, _)| *k == name).map(|(_, v)| v)
+    }
+
+    /// The `host` part of `:authority`, lower-case.
+    pub fn host(&self) -> String {
+        host_of_authority(&self.authority).to_ascii_lowercase()
+    }
+}
+
+pub fn host_of_authority(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return match authority.find(']') {
+            Some(i) => &authority[..=i],
+            None => authority,
+        };
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    }
+}
+
+/// An `:authority` we are willing to build URLs from: `host[:port]`, no userinfo, no path.
+pub fn valid_authority(a: &str) -> bool {
+    !a.is_empty()
+        && a.len() <= 255
+        && a.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b))
+}
+
+/// Splits a `Cookie` header into name/value pairs; pieces without `=` are skipped.
+pub fn parse_cookie_header(v: &str) -> impl Iterator<Item = (&str, &str)> {
+    v.split(';').filter_map(|part| {
+        let part = part.trim();
+        let (k, v) = part.split_once('=')?;
+        let v = v.trim();
+        let v = v
+            .strip_prefix('"')
+            .and_then(|x| x.strip_suffix('"'))
+            .unwrap_or(v);
+        Some((k.trim(), v))
+    })
+}
+
+/// The attributes a cookie of ours is set with; deletion must repeat them exactly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CookieAttrs {
+    pub path: String,
+    pub domain: Option<String>,
+    pub secure: bool,
+    pub httponly: bool,
+    pub samesite: &'static str,
+}
+
+impl CookieAttrs {
+    /// Session cookie attributes for a request to `host`: the first configured cookie domain
+    /// that the host is in (as oauth2-proxy picks it), else a host-only cookie.
+    pub fn session(c: &CookieConfig, host: &str) -> Self {
+        let domain = c
+            .domains
+            .iter()
+            .find(|d| {
+                let bare = d.trim_start_matches('.');
+                host == bare || host.ends_with(&format!(".{bare}"))
+            })
+            .cloned();
+        CookieAttrs {
+            path: c.path.clone(),
+            domain,
+            secure: c.secure,
+            httponly: c.httponly,
+            samesite: c.samesite.as_str(),
+        }
+    }
+
+    pub fn set(&self, name: &str, value: &str, max_age: u64) -> String {
+        let mut s = format!("{name}={value}; Path={}", self.path);
+        if let Some(d) = &self.domain {
+            s.push_str("; Domain=");
+            s.push_str(d);
+        }
+        s.push_str(&format!("; Max-Age={max_age}"));
+        if self.httponly {
+            s.push_str("; HttpOnly");
+        }
+        if self.secure {
+            s.push_str("; Secure");
+        }
+        s.push_str("; SameSite=");
+        s.push_str(self.samesite);
+        s
+    }
+
+    /// A Set-Cookie that deletes the cookie set with these attributes (RFC 6265 §3.1).
+    pub fn clear(&self, name: &str) -> String {
+        let mut s = self.set(name, "", 0);
+        s.push_str("; Expires=Thu, 01 Jan 1970 00:00:00 GMT");
+        s
+    }
+}
+
+/// Query parameters, decoded (application/x-www-form-urlencoded).
+pub fn query_params(q: &str) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(q.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// The identity headers we set. A client's own copies are removed whatever their spelling.
+pub const IDENTITY_HEADERS: &[&str] = &[
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-preferred-username",
+    "x-forwarded-groups",
+    "x-forwarded-access-token",
+    "x-auth-request-user",
+    "x-auth-request-email",
+    "x-auth-request-preferred-username",
+    "x-auth-request-groups",
+    "x-auth-request-access-token",
+];
+
+/// True when `name` spells one of the identity headers in any case, with `_` for `-`.
+pub fn is_identity_header(name: &str) -> bool {
+    if name.len() < 16 || name.len() > 34 {
+        return false;
+    }
+    let first = name.as_bytes()[0];
+    if first != b'x' && first != b'X' {
+        return false;
+    }
+    IDENTITY_HEADERS.iter().any(|h| {
+        h.len() == name.len()
+            && h.bytes().zip(name.bytes()).all(|(a, b)| {
+                let b = b.to_ascii_lowercase();
+                a == b || (a == b'-' && b == b'_')
+            })
+    })
+}
+
+/// Percent-encodes a value for a query string or form body.
+pub fn form_encode(pairs: &[(&str, &str)]) -> String {
+    let mut s = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        s.append_pair(k, v);
+    }
+    s.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SameSite;
+
+    #[test]
+    fn identity_header_spellings() {
+        for n in [
+            "x-forwarded-email",
+            "X-Forwarded-Email",
+            "x_forwarded_email",
+            "X_AUTH_REQUEST_USER",
+            "x-auth-request_preferred-username",
+        ] {
+            assert!(is_identity_header(n), "{n}");
+        }
+        for n in [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "cookie",
+            "x-forwarded-emails",
+            "",
+        ] {
+            assert!(!is_identity_header(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn cookies_across_headers() {
+        let r = Request {
+            headers: vec![
+                ("cookie".into(), "a=1; _oauth2_proxy=v; b=\"q\"".into()),
+                ("cookie".into(), "c=3;junk; d=".into()),
+            ],
+            ..Default::default()
+        };
+        let all: Vec<_> = r.cookies().collect();
+        assert_eq!(
+            all,
+            vec![
+                ("a", "1"),
+                ("_oauth2_proxy", "v"),
+                ("b", "q"),
+                ("c", "3"),
+                ("d", "")
+            ]
+        );
+        assert_eq!(r.cookie("_oauth2_proxy"), Some("v"));
+        assert_eq!(r.cookie("x"), None);
+    }
+
+    #[test]
+    fn path_query_split() {
+        let r = Request {
+            path: "/oauth2/callback?code=1&state=2#frag".into(),
+            ..Default::default()
+        };
+        assert_eq!(r.path_only(), "/oauth2/callback");
+        assert_eq!(r.query(), "code=1&state=2");
+        let r = Request {
+            path: "/x#a?b".into(),
+            ..Default::default()
+        };
+        assert_eq!(r.path_only(), "/x");
+        assert_eq!(r.query(), "");
+    }
+
+    #[test]
+    fn authority_host() {
+        assert_eq!(host_of_authority("example.com:8443"), "example.com");
+        assert_eq!(host_of_authority("example.com"), "example.com");
+        assert_eq!(host_of_authority("[::1]:80"), "[::1]");
+        assert!(valid_authority("127.0.0.1:8080"));
+        assert!(!valid_authority("evil.com/x"));
+        assert!(!valid_authority("a@b"));
+        assert!(!valid_authority(""));
+    }
+
+    #[test]
+    fn set_and_clear_cookie_match_attributes() {
+        let c = CookieConfig {
+            name: "_oauth2_proxy".into(),
+            domains: vec![".example.com".into()],
+            path: "/".into(),
+            expire_secs: 60,
+            secure: true,
+            httponly: true,
+            samesite: SameSite::Lax,
+        };
+        let a = CookieAttrs::session(&c, "app.example.com");
+        assert_eq!(
+            a.set("n", "v", 60),
+            "n=v; Path=/; Domain=.example.com; Max-Age=60; HttpOnly; Secure; SameSite=Lax"
+        );
+        assert_eq!(
+            a.clear("n"),
+            "n=; Path=/; Domain=.example.com; Max-Age=0; HttpOnly; Secure; SameSite=Lax; Expires=Thu, 01 Jan 1970 00:00:00 GMT"
+        );
+        assert_eq!(
+            CookieAttrs::session(&c, "example.com").domain.as_deref(),
+            Some(".example.com")
+        );
+        assert_eq!(CookieAttrs::session(&c, "badexample.com").domain, None);
+    }
+}

@@ -1,0 +1,399 @@
+//! OpenID Connect: provider metadata (Discovery 1.0), the key set (RFC 7517), the token
+//! response (RFC 6749 §5.1) and ID token validation (OIDC Core §3.1.3.7).
+
+use std::borrow::Cow;
+
+use jwt_compact::alg::{Es256, Rsa, RsaPublicKey};
+use jwt_compact::jwk::JsonWebKey;
+use jwt_compact::{AlgorithmExt, Claims, UntrustedToken};
+use serde::Deserialize;
+use url::Url;
+
+use crate::util::{b64url_decode, ct_eq};
+
+/// The parts of the provider's metadata we use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provider {
+    pub issuer: String,
+    pub authorization_endpoint: Url,
+    pub token_endpoint: Url,
+    pub jwks_uri: Url,
+}
+
+#[derive(Deserialize)]
+struct RawMetadata {
+    issuer: String,
+    authorization_endpoint: String,
+    token_endpoint: String,
+    jwks_uri: String,
+}
+
+fn https_or_http(u: &str) -> Result<Url, String> {
+    let url = Url::parse(u).map_err(|e| format!("{u:?} is not a URL: {e}"))?;
+    if url.scheme() != "https" && url.scheme() != "http" {
+        return Err(format!("{u:?} is not an http(s) URL"));
+    }
+    Ok(url)
+}
+
+impl Provider {
+    /// OpenID Connect Discovery 1.0 §4.3: the `issuer` in the metadata must be identical to
+    /// the issuer URL configured.
+    pub fn from_discovery(body: &[u8], expected_issuer: &str) -> Result<Provider, String> {
+        let m: RawMetadata =
+            serde_json::from_slice(body).map_err(|e| format!("discovery document: {e}"))?;
+        if m.issuer != expected_issuer {
+            return Err(format!(
+                "discovery issuer {:?} differs from oidc_issuer_url {:?}",
+                m.issuer, expected_issuer
+            ));
+        }
+        Ok(Provider {
+            issuer: m.issuer,
+            authorization_endpoint: https_or_http(&m.authorization_endpoint)?,
+            token_endpoint: https_or_http(&m.token_endpoint)?,
+            jwks_uri: https_or_http(&m.jwks_uri)?,
+        })
+    }
+}
+
+/// A verifying key from the provider's JWKS.
+#[derive(Debug, Clone)]
+pub enum KeyMaterial {
+    Rsa(RsaPublicKey),
+    P256(<Es256 as jwt_compact::Algorithm>::VerifyingKey),
+}
+
+#[derive(Debug, Clone)]
+pub struct Key {
+    pub kid: Option<String>,
+    pub alg: Option<String>,
+    pub material: KeyMaterial,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct KeySet {
+    pub keys: Vec<Key>,
+}
+
+#[derive(Deserialize)]
+struct RawJwks {
+    keys: Vec<RawJwk>,
+}
+
+#[derive(Deserialize)]
+struct RawJwk {
+    kty: String,
+    kid: Option<String>,
+    alg: Option<String>,
+    #[serde(rename = "use")]
+    use_: Option<String>,
+    n: Option<String>,
+    e: Option<String>,
+    crv: Option<String>,
+    x: Option<String>,
+    y: Option<String>,
+}
+
+/// RSA keys shorter than this are refused (NIST SP 800-131A).
+pub const MIN_RSA_BITS: usize = 2048;
+
+impl KeySet {
+    /// Parses a JWKS. Keys we cannot use (encryption keys, other key types, weak RSA keys)
+    /// are skipped; a document that is not a JWKS is an error.
+    pub fn parse(body: &[u8]) -> Result<KeySet, String> {
+        let raw: RawJwks = serde_json::from_slice(body).map_err(|e| format!("JWKS: {e}"))?;
+        let mut keys = Vec::new();
+        for k in raw.keys {
+            if k.use_.as_deref().is_some_and(|u| u != "sig") {
+                continue;
+            }
+            let material = match k.kty.as_str() {
+                "RSA" => {
+                    let (Some(n), Some(e)) = (
+                        k.n.as_deref().and_then(b64url_decode),
+                        k.e.as_deref().and_then(b64url_decode),
+                    ) else {
+                        continue;
+                    };
+                    let n_bits = n.iter().skip_while(|b| **b == 0).count() * 8;
+                    if n_bits < MIN_RSA_BITS {
+                        continue;
+                    }
+                    let jwk = JsonWebKey::Rsa {
+                        modulus: Cow::Owned(n),
+                        public_exponent: Cow::Owned(e),
+                        private_parts: None,
+                    };
+                    match RsaPublicKey::try_from(&jwk) {
+                        Ok(key) => KeyMaterial::Rsa(key),
+                        Err(_) => continue,
+                    }
+                }
+                "EC" if k.crv.as_deref() == Some("P-256") => {
+                    let (Some(x), Some(y)) = (
+                        k.x.as_deref().and_then(b64url_decode),
+                        k.y.as_deref().and_then(b64url_decode),
+                    ) else {
+                        continue;
+                    };
+                    let jwk = JsonWebKey::EllipticCurve {
+                        curve: Cow::Borrowed("P-256"),
+                        x: Cow::Owned(x),
+                        y: Cow::Owned(y),
+                        secret: None,
+                    };
+                    match <Es256 as jwt_compact::Algorithm>::VerifyingKey::try_from(&jwk) {
+                        Ok(key) => KeyMaterial::P256(key),
+                        Err(_) => continue,
+                    }
+                }
+                _ => continue,
+            };
+            keys.push(Key {
+                kid: k.kid,
+                alg: k.alg,
+                material,
+            });
+        }
+        Ok(KeySet { keys })
+    }
+
+    pub fn has_kid(&self, kid: &str) -> bool {
+        self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
+    }
+}
+
+#[derive(Deserialize)]
+struct RawTokenResponse {
+    id_token: Option<String>,
+}
+
+/// RFC 6749 §5.1 / OIDC Core §3.1.3.3: the token response must carry an `id_token`.
+pub fn id_token_from_response(body: &[u8]) -> Result<String, &'static str> {
+    let r: RawTokenResponse =
+        serde_json::from_slice(body).map_err(|_| "token response is not JSON")?;
+    r.id_token
+        .filter(|t| !t.is_empty())
+        .ok_or("token response has no id_token")
+}
+
+/// `aud` is a string or an array of strings (OIDC Core §2).
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `email_verified` is a boolean; some providers send the string "true".
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+enum Flag {
+    Bool(bool),
+    Text(String),
+}
+
+#[derive(Deserialize, Debug)]
+struct IdClaims {
+    iss: Option<String>,
+    sub: Option<String>,
+    aud: Option<Audience>,
+    azp: Option<String>,
+    nonce: Option<String>,
+    email: Option<String>,
+    email_verified: Option<Flag>,
+    preferred_username: Option<String>,
+}
+
+/// The identity a validated ID token carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub sub: String,
+    pub email: Option<String>,
+    /// `None` when the claim is absent.
+    pub email_verified: Option<bool>,
+    pub preferred_username: Option<String>,
+}
+
+/// Why an ID token was refused. The name is logged; the client sees `id_token_invalid`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdTokenError {
+    Malformed,
+    /// `none`, HMAC, or an algorithm we do not accept.
+    Algorithm(String),
+    /// No key with this `kid`: the caller may refetch the JWKS once and retry.
+    UnknownKid(String),
+    NoUsableKey,
+    Signature,
+    Issuer,
+    Audience,
+    AuthorizedParty,
+    Expired,
+    IssuedInFuture,
+    MissingClaim(&'static str),
+    Nonce,
+}
+
+impl IdTokenError {
+    pub fn describe(&self) -> String {
+        match self {
+            IdTokenError::Malformed => "malformed token".into(),
+            IdTokenError::Algorithm(a) => format!("algorithm {a:?} not accepted"),
+            IdTokenError::UnknownKid(k) => format!("no key with kid {k:?} in the JWKS"),
+            IdTokenError::NoUsableKey => "no key in the JWKS fits the token".into(),
+            IdTokenError::Signature => "signature does not verify".into(),
+            IdTokenError::Issuer => "iss is not the issuer".into(),
+            IdTokenError::Audience => "aud does not contain client_id".into(),
+            IdTokenError::AuthorizedParty => "azp is not client_id".into(),
+            IdTokenError::Expired => "token expired".into(),
+            IdTokenError::IssuedInFuture => "iat is in the future".into(),
+            IdTokenError::MissingClaim(c) => format!("claim {c} missing"),
+            IdTokenError::Nonce => "nonce does not match this login".into(),
+        }
+    }
+}
+
+/// Algorithms accepted for ID token signatures. `none` and the HMAC family never are
+/// (OIDC Core §3.1.3.7 steps 6–8: the client secret must not verify a token here).
+pub const ACCEPTED_ALGS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
+];
+
+pub struct Expected<'a> {
+    pub issuer: &'a str,
+    pub client_id: &'a str,
+    pub nonce: &'a str,
+    pub now: u64,
+    pub leeway: u64,
+}
+
+fn rsa_alg(name: &str) -> Option<Rsa> {
+    Some(match name {
+        "RS256" => Rsa::rs256(),
+        "RS384" => Rsa::rs384(),
+        "RS512" => Rsa::rs512(),
+        "PS256" => Rsa::ps256(),
+        "PS384" => Rsa::ps384(),
+        "PS512" => Rsa::ps512(),
+        _ => return None,
+    })
+}
+
+fn verify_with(
+    key: &Key,
+    alg: &str,
+    token: &UntrustedToken<'_>,
+) -> Option<Result<Claims<IdClaims>, IdTokenError>> {
+    if key.alg.as_deref().is_some_and(|a| a != alg) {
+        return None;
+    }
+    let result = match (&key.material, alg) {
+        (KeyMaterial::Rsa(pk), _) => {
+            let rsa = rsa_alg(alg)?;
+            rsa.validator::<IdClaims>(pk).validate(token)
+        }
+        (KeyMaterial::P256(pk), "ES256") => Es256.validator::<IdClaims>(pk).validate(token),
+        _ => return None,
+    };
+    Some(match result {
+        Ok(t) => Ok(t.into_parts().1),
+        Err(jwt_compact::ValidationError::InvalidSignature) => Err(IdTokenError::Signature),
+        Err(jwt_compact::ValidationError::InvalidSignatureLen { .. }) => {
+            Err(IdTokenError::Signature)
+        }
+        Err(_) => Err(IdTokenError::Malformed),
+    })
+}
+
+/// OIDC Core §3.1.3.7, in its order: signature (6–8), `iss` (2), `aud` (3), `azp` (4–5),
+/// `exp` (9), `iat` (10), `nonce` (11).
+pub fn validate_id_token(
+    raw: &str,
+    keys: &KeySet,
+    expected: &Expected<'_>,
+) -> Result<Identity, IdTokenError> {
+    let token = UntrustedToken::new(raw).map_err(|_| IdTokenError::Malformed)?;
+    let alg = token.algorithm().to_string();
+    if !ACCEPTED_ALGS.contains(&alg.as_str()) {
+        return Err(IdTokenError::Algorithm(alg));
+    }
+    let kid = token.header().key_id.clone();
+    let candidates: Vec<&Key> = match &kid {
+        Some(kid) => {
+            let found: Vec<&Key> = keys
+                .keys
+                .iter()
+                .filter(|k| k.kid.as_deref() == Some(kid.as_str()))
+                .collect();
+            if found.is_empty() {
+                return Err(IdTokenError::UnknownKid(kid.clone()));
+            }
+            found
+        }
+        None => keys.keys.iter().collect(),
+    };
+    let mut claims = None;
+    let mut last_err = IdTokenError::NoUsableKey;
+    for key in candidates {
+        match verify_with(key, &alg, &token) {
+            Some(Ok(c)) => {
+                claims = Some(c);
+                break;
+            }
+            Some(Err(e)) => last_err = e,
+            None => {}
+        }
+    }
+    let claims = claims.ok_or(last_err)?;
+    let c = &claims.custom;
+
+    if c.iss.as_deref() != Some(expected.issuer) {
+        return Err(IdTokenError::Issuer);
+    }
+    let audiences: Vec<&str> = match &c.aud {
+        Some(Audience::One(a)) => vec![a.as_str()],
+        Some(Audience::Many(a)) => a.iter().map(String::as_str).collect(),
+        None => return Err(IdTokenError::Audience),
+    };
+    if !audiences.contains(&expected.client_id) {
+        return Err(IdTokenError::Audience);
+    }
+    match &c.azp {
+        Some(azp) if azp != expected.client_id => return Err(IdTokenError::AuthorizedParty),
+        None if audiences.len() > 1 => return Err(IdTokenError::AuthorizedParty),
+        _ => {}
+    }
+    let exp = claims
+        .expiration
+        .ok_or(IdTokenError::MissingClaim("exp"))?
+        .timestamp();
+    if exp.saturating_add(expected.leeway as i64) <= expected.now as i64 {
+        return Err(IdTokenError::Expired);
+    }
+    let iat = claims
+        .issued_at
+        .ok_or(IdTokenError::MissingClaim("iat"))?
+        .timestamp();
+    if iat > expected.now.saturating_add(expected.leeway) as i64 {
+        return Err(IdTokenError::IssuedInFuture);
+    }
+    match &c.nonce {
+        Some(n) if ct_eq(n.as_bytes(), expected.nonce.as_bytes()) => {}
+        _ => return Err(IdTokenError::Nonce),
+    }
+    let sub = match &c.sub {
+        Some(s) if !s.is_empty() => s.clone(),
+        _ => return Err(IdTokenError::MissingClaim("sub")),
+    };
+    Ok(Identity {
+        sub,
+        email: c.email.clone(),
+        email_verified: match &c.email_verified {
+            Some(Flag::Bool(b)) => Some(*b),
+            Some(Flag::Text(t)) => Some(t.eq_ignore_ascii_case("true")),
+            None => None,
+        },
+        preferred_username: c.preferred_username.clone(),
+    })
+}

@@ -1,0 +1,323 @@
+//! The session cookie and the per-login flow cookie.
+//!
+//! Both are `1.<payload>.<mac>` in base64url. The MAC is HMAC-SHA256 over a label naming the
+//! format and version, the cookie's name (length-prefixed), and the payload, whose fields are
+//! fixed-width integers and length-prefixed strings: no two different cookies share MAC input.
+//! Verification checks the MAC first, in constant time, against every configured key (the
+//! first one signs), and only then reads the payload.
+
+use crate::config::KeySet;
+use crate::util::{b64url, b64url_decode, ct_eq, put_lp, MacKey, Reader};
+
+const VERSION: &str = "1";
+const SESSION_LABEL: &[u8] = b"oidc-filter session v1\0";
+const FLOW_LABEL: &[u8] = b"oidc-filter login v1\0";
+/// Browsers keep at most 4096 bytes per cookie; we refuse to set larger ones.
+pub const MAX_COOKIE_VALUE: usize = 3800;
+/// Each identity string kept in a session is at most this long.
+pub const MAX_CLAIM_LEN: usize = 512;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub expires_at: u64,
+    pub issued_at: u64,
+    pub sub: String,
+    pub email: String,
+    pub preferred_username: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionError {
+    Malformed,
+    BadMac,
+    Expired,
+}
+
+fn name_bytes(name: &str) -> [u8; 2] {
+    // Cookie names are short; a longer one is cut to its first 65535 bytes by the length only.
+    u16::try_from(name.len()).unwrap_or(u16::MAX).to_be_bytes()
+}
+
+fn mac_of(key: &MacKey, label: &[u8], name: &str, payload: &[u8]) -> [u8; 32] {
+    key.mac(&[label, &name_bytes(name), name.as_bytes(), payload])
+}
+
+fn seal(key: &MacKey, label: &[u8], name: &str, payload: &[u8]) -> String {
+    let mac = mac_of(key, label, name, payload);
+    format!("{VERSION}.{}.{}", b64url(payload), b64url(&mac))
+}
+
+/// Checks the MAC against each key and returns the payload and the index of the key that
+/// verified it.
+fn open<'k>(
+    keys: &'k [KeySet],
+    pick: fn(&KeySet) -> &MacKey,
+    label: &[u8],
+    name: &str,
+    value: &str,
+) -> Result<(Vec<u8>, usize), SessionError> {
+    if value.len() > MAX_COOKIE_VALUE {
+        return Err(SessionError::Malformed);
+    }
+    let mut parts = value.split('.');
+    let (Some(ver), Some(p), Some(m), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(SessionError::Malformed);
+    };
+    if ver != VERSION {
+        return Err(SessionError::Malformed);
+    }
+    let payload = b64url_decode(p).ok_or(SessionError::Malformed)?;
+    let mac = b64url_decode(m).ok_or(SessionError::Malformed)?;
+    if mac.len() != 32 {
+        return Err(SessionError::Malformed);
+    }
+    for (i, k) in keys.iter().enumerate() {
+        if ct_eq(&mac_of(pick(k), label, name, &payload), &mac) {
+            return Ok((payload, i));
+        }
+    }
+    Err(SessionError::BadMac)
+}
+
+impl Session {
+    pub fn encode(&self, key: &KeySet, cookie_name: &str) -> Option<String> {
+        let mut p = Vec::with_capacity(64);
+        p.extend_from_slice(&self.expires_at.to_be_bytes());
+        p.extend_from_slice(&self.issued_at.to_be_bytes());
+        for s in [&self.sub, &self.email, &self.preferred_username] {
+            if s.len() > MAX_CLAIM_LEN {
+                return None;
+            }
+            put_lp(&mut p, s.as_bytes())?;
+        }
+        let v = seal(&key.session, SESSION_LABEL, cookie_name, &p);
+        (v.len() <= MAX_COOKIE_VALUE).then_some(v)
+    }
+
+    /// `verify_session`: MAC (constant time, any key), then the payload, then expiry.
+    pub fn verify(
+        keys: &[KeySet],
+        cookie_name: &str,
+        value: &str,
+        now: u64,
+    ) -> Result<Session, SessionError> {
+        let (payload, _) = open(keys, |k| &k.session, SESSION_LABEL, cookie_name, value)?;
+        let mut r = Reader::new(&payload);
+        let expires_at = r.u64().ok_or(SessionError::Malformed)?;
+        let issued_at = r.u64().ok_or(SessionError::Malformed)?;
+        let sub = r.lp_str().ok_or(SessionError::Malformed)?.to_string();
+        let email = r.lp_str().ok_or(SessionError::Malformed)?.to_string();
+        let preferred_username = r.lp_str().ok_or(SessionError::Malformed)?.to_string();
+        if !r.is_empty() {
+            return Err(SessionError::Malformed);
+        }
+        if now >= expires_at {
+            return Err(SessionError::Expired);
+        }
+        Ok(Session {
+            expires_at,
+            issued_at,
+            sub,
+            email,
+            preferred_username,
+        })
+    }
+}
+
+/// A login in progress, kept in its own short-lived cookie so that several tabs can log in at
+/// once. The PKCE verifier and the nonce are not stored: they are derived from the state with
+/// the server's key (see `derive_verifier`, `derive_nonce`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginFlow {
+    pub expires_at: u64,
+    pub state: String,
+    pub return_url: String,
+}
+
+/// Length of the state prefix that names a flow cookie.
+pub const FLOW_ID_LEN: usize = 16;
+
+pub fn flow_cookie_name(cookie_name: &str, state: &str) -> Option<String> {
+    let id = state.get(..FLOW_ID_LEN)?;
+    Some(format!("{cookie_name}_csrf_{id}"))
+}
+
+impl LoginFlow {
+    pub fn encode(&self, key: &KeySet, name: &str) -> Option<String> {
+        let mut p = Vec::with_capacity(96 + self.return_url.len());
+        p.extend_from_slice(&self.expires_at.to_be_bytes());
+        put_lp(&mut p, self.state.as_bytes())?;
+        put_lp(&mut p, self.return_url.as_bytes())?;
+        let v = seal(&key.flow, FLOW_LABEL, name, &p);
+        (v.len() <= MAX_COOKIE_VALUE).then_some(v)
+    }
+
+    /// Returns the flow and the index of the key that signed it.
+    pub fn verify(
+        keys: &[KeySet],
+        name: &str,
+        value: &str,
+        now: u64,
+    ) -> Result<(LoginFlow, usize), SessionError> {
+        let (payload, idx) = open(keys, |k| &k.flow, FLOW_LABEL, name, value)?;
+        let mut r = Reader::new(&payload);
+        let expires_at = r.u64().ok_or(SessionError::Malformed)?;
+        let state = r.lp_str().ok_or(SessionError::Malformed)?.to_string();
+        let return_url = r.lp_str().ok_or(SessionError::Malformed)?.to_string();
+        if !r.is_empty() {
+            return Err(SessionError::Malformed);
+        }
+        if now >= expires_at {
+            return Err(SessionError::Expired);
+        }
+        Ok((
+            LoginFlow {
+                expires_at,
+                state,
+                return_url,
+            },
+            idx,
+        ))
+    }
+}
+
+/// RFC 7636 §4.1: a code verifier of 43 characters from the unreserved set, derived from the
+/// state so that it never has to be stored.
+pub fn derive_verifier(key: &KeySet, state: &str) -> String {
+    b64url(&key.derive.mac(&[b"pkce\0", state.as_bytes()]))
+}
+
+/// OIDC Core §3.1.2.1 `nonce`, bound to this login's state.
+pub fn derive_nonce(key: &KeySet, state: &str) -> String {
+    b64url(&key.derive.mac(&[b"nonce\0", state.as_bytes()]))
+}
+
+/// RFC 7636 §4.2: `S256` code challenge.
+pub fn code_challenge(verifier: &str) -> String {
+    b64url(&crate::util::sha256(verifier.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    pub fn keys(secrets: &[&str]) -> Vec<KeySet> {
+        let cfg = serde_json::json!({
+            "oidc_issuer_url": "https://issuer.example.com",
+            "client_id": "app", "client_secret": "x", "idp_cluster": "idp",
+            "cookie_secret": secrets,
+        });
+        Config::parse(cfg.to_string().as_bytes(), &|_| None)
+            .unwrap()
+            .keys
+    }
+
+    const A: &str = "q83vEjRWeJCrze8SNFZ4kA==";
+    const B: &str = "3q2-7wAAAAAAAAAAAAAAAA==";
+
+    fn sample() -> Session {
+        Session {
+            expires_at: 2000,
+            issued_at: 1000,
+            sub: "u1".into(),
+            email: "alice@example.com".into(),
+            preferred_username: "alice".into(),
+        }
+    }
+
+    #[test]
+    fn round_trip_and_expiry() {
+        let k = keys(&[A]);
+        let v = sample().encode(&k[0], "_s").unwrap();
+        assert!(v.starts_with("1."));
+        assert_eq!(Session::verify(&k, "_s", &v, 1999).unwrap(), sample());
+        assert_eq!(
+            Session::verify(&k, "_s", &v, 2000),
+            Err(SessionError::Expired)
+        );
+    }
+
+    #[test]
+    fn tampering_is_detected() {
+        let k = keys(&[A]);
+        let v = sample().encode(&k[0], "_s").unwrap();
+        // Under another cookie name the MAC does not hold.
+        assert_eq!(Session::verify(&k, "_t", &v, 1), Err(SessionError::BadMac));
+        // Flip each character of the payload and MAC in turn.
+        for i in 2..v.len() {
+            let mut b = v.clone().into_bytes();
+            if b[i] == b'.' {
+                continue;
+            }
+            b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+            let t = String::from_utf8(b).unwrap();
+            assert!(Session::verify(&k, "_s", &t, 1).is_err(), "{i}");
+        }
+        for bad in [
+            "",
+            "1",
+            "1..",
+            "2.AAAA.AAAA",
+            "1.AAAA.AAAA.AAAA",
+            "1.!!.AAAA",
+        ] {
+            assert_eq!(
+                Session::verify(&k, "_s", bad, 1),
+                Err(SessionError::Malformed),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_key_rejected_rotated_key_accepted() {
+        let old = keys(&[A]);
+        let v = sample().encode(&old[0], "_s").unwrap();
+        assert_eq!(
+            Session::verify(&keys(&[B]), "_s", &v, 1),
+            Err(SessionError::BadMac)
+        );
+        assert!(Session::verify(&keys(&[B, A]), "_s", &v, 1).is_ok());
+    }
+
+    #[test]
+    fn session_and_flow_macs_do_not_mix() {
+        let k = keys(&[A]);
+        let flow = LoginFlow {
+            expires_at: 10,
+            state: "s".repeat(43),
+            return_url: "/".into(),
+        };
+        let v = flow.encode(&k[0], "_s").unwrap();
+        assert!(Session::verify(&k, "_s", &v, 1).is_err());
+        assert_eq!(LoginFlow::verify(&k, "_s", &v, 1).unwrap(), (flow, 0));
+        assert_eq!(
+            LoginFlow::verify(&k, "_s", &v, 10),
+            Err(SessionError::Expired)
+        );
+    }
+
+    #[test]
+    fn oversized_claims_refused() {
+        let k = keys(&[A]);
+        let mut s = sample();
+        s.email = "a".repeat(MAX_CLAIM_LEN + 1);
+        assert_eq!(s.encode(&k[0], "_s"), None);
+    }
+
+    #[test]
+    fn pkce_s256_matches_rfc7636_appendix_b() {
+        assert_eq!(
+            code_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
+        let k = keys(&[A]);
+        let v = derive_verifier(&k[0], "state");
+        assert_eq!(v.len(), 43);
+        assert_ne!(v, derive_verifier(&keys(&[B])[0], "state"));
+        assert_ne!(derive_nonce(&k[0], "state"), derive_nonce(&k[0], "state2"));
+    }
+}

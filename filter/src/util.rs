@@ -1,0 +1,210 @@
+//! Small helpers shared by the core: base64url, constant-time comparison, durations,
+//! and the keyed MAC state precomputed at configure time.
+
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+pub type HmacSha256 = Hmac<Sha256>;
+
+/// base64url without padding (RFC 4648 §5), the encoding of every cookie and PKCE value.
+pub fn b64url(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+pub fn b64url_decode(s: &str) -> Option<Vec<u8>> {
+    URL_SAFE_NO_PAD.decode(s).ok()
+}
+
+pub fn b64_std(bytes: &[u8]) -> String {
+    STANDARD.encode(bytes)
+}
+
+/// Decodes base64 in any of the four common spellings (standard or URL-safe, padded or not).
+pub fn b64_any_decode(s: &str) -> Option<Vec<u8>> {
+    URL_SAFE
+        .decode(s)
+        .or_else(|_| URL_SAFE_NO_PAD.decode(s))
+        .or_else(|_| STANDARD.decode(s))
+        .or_else(|_| STANDARD_NO_PAD.decode(s))
+        .ok()
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut diff = 0u8;
+    for (x, y) in a.iter().zip(b.iter()) {
+        diff |= x ^ y;
+    }
+    // Keep the optimiser from turning the loop into an early exit.
+    core::hint::black_box(diff) == 0
+}
+
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(bytes);
+    h.finalize().into()
+}
+
+/// A keyed HMAC-SHA256 whose key schedule is computed once; `mac` clones the state.
+#[derive(Clone)]
+pub struct MacKey(HmacSha256);
+
+impl MacKey {
+    pub fn new(key: &[u8]) -> Option<Self> {
+        HmacSha256::new_from_slice(key).ok().map(MacKey)
+    }
+
+    /// HMAC over the concatenation of `parts`.
+    pub fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut m = self.0.clone();
+        for p in parts {
+            m.update(p);
+        }
+        m.finalize().into_bytes().into()
+    }
+}
+
+impl core::fmt::Debug for MacKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("MacKey(<redacted>)")
+    }
+}
+
+/// Parses a Go-style duration as oauth2-proxy takes it: `90s`, `30m`, `1h30m`, `168h`, `500ms`.
+/// Returns milliseconds.
+pub fn parse_duration_ms(s: &str) -> Option<u64> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    if s == "0" {
+        return Some(0);
+    }
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    let mut total: u64 = 0;
+    while i < bytes.len() {
+        let start = i;
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        if start == i {
+            return None;
+        }
+        let n: u64 = s.get(start..i)?.parse().ok()?;
+        let ustart = i;
+        while i < bytes.len() && bytes[i].is_ascii_alphabetic() {
+            i += 1;
+        }
+        let factor = match s.get(ustart..i)? {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return None,
+        };
+        total = total.checked_add(n.checked_mul(factor)?)?;
+    }
+    Some(total)
+}
+
+/// Appends `value` with a big-endian u16 length prefix; fails on values over 65535 bytes.
+pub fn put_lp(out: &mut Vec<u8>, value: &[u8]) -> Option<()> {
+    let len = u16::try_from(value.len()).ok()?;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(value);
+    Some(())
+}
+
+/// A cursor over length-prefixed binary data; every read is bounds-checked.
+pub struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Reader { buf }
+    }
+
+    pub fn u64(&mut self) -> Option<u64> {
+        let (head, rest) = self.buf.split_first_chunk::<8>()?;
+        self.buf = rest;
+        Some(u64::from_be_bytes(*head))
+    }
+
+    pub fn lp(&mut self) -> Option<&'a [u8]> {
+        let (head, rest) = self.buf.split_first_chunk::<2>()?;
+        let len = usize::from(u16::from_be_bytes(*head));
+        if rest.len() < len {
+            return None;
+        }
+        let (value, rest) = rest.split_at(len);
+        self.buf = rest;
+        Some(value)
+    }
+
+    pub fn lp_str(&mut self) -> Option<&'a str> {
+        core::str::from_utf8(self.lp()?).ok()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_ms("168h"), Some(168 * 3_600_000));
+        assert_eq!(parse_duration_ms("1h30m"), Some(5_400_000));
+        assert_eq!(parse_duration_ms("90s"), Some(90_000));
+        assert_eq!(parse_duration_ms("500ms"), Some(500));
+        assert_eq!(parse_duration_ms("0"), Some(0));
+        assert_eq!(parse_duration_ms(""), None);
+        assert_eq!(parse_duration_ms("10"), None);
+        assert_eq!(parse_duration_ms("h"), None);
+        assert_eq!(parse_duration_ms("5y"), None);
+        assert_eq!(parse_duration_ms("-5s"), None);
+        assert_eq!(parse_duration_ms("99999999999999999999h"), None);
+    }
+
+    #[test]
+    fn constant_time_eq() {
+        assert!(ct_eq(b"abc", b"abc"));
+        assert!(!ct_eq(b"abc", b"abd"));
+        assert!(!ct_eq(b"abc", b"ab"));
+        assert!(ct_eq(b"", b""));
+    }
+
+    #[test]
+    fn base64_spellings() {
+        let raw = [0xfbu8, 0xff, 0x01, 0x02, 0x03];
+        for s in ["-_8BAgM=", "-_8BAgM", "+/8BAgM=", "+/8BAgM"] {
+            assert_eq!(b64_any_decode(s).as_deref(), Some(&raw[..]), "{s}");
+        }
+        assert_eq!(b64_any_decode("not base64!"), None);
+    }
+
+    #[test]
+    fn reader_rejects_truncation() {
+        let mut out = Vec::new();
+        out.extend_from_slice(&7u64.to_be_bytes());
+        put_lp(&mut out, b"hello").unwrap();
+        let mut r = Reader::new(&out);
+        assert_eq!(r.u64(), Some(7));
+        assert_eq!(r.lp(), Some(&b"hello"[..]));
+        assert!(r.is_empty());
+        let mut r = Reader::new(&out[..out.len() - 1]);
+        assert_eq!(r.u64(), Some(7));
+        assert_eq!(r.lp(), None);
+    }
+}

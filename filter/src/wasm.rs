@@ -1,0 +1,472 @@
+//! The glue: the only code that talks to the host. It builds the request view from host
+//! calls, runs the core, and carries out the decision. Every host call used here returns a
+//! `Result`; a failure ends in a local reply or a log line, never a trap.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+
+use crate::config::Config;
+use crate::flow::{self, Callout, Ctx, Decision, Idp, LocalReply, PendingLogin, TokenOutcome};
+use crate::http::Request;
+use crate::idp::{FetchKind, IdpState};
+
+/// Bodies from the provider larger than this are refused unread.
+const MAX_IDP_BODY: usize = 1 << 20;
+const TICK: Duration = Duration::from_secs(1);
+
+#[link(wasm_import_module = "wasi_snapshot_preview1")]
+extern "C" {
+    fn random_get(buf: *mut u8, len: usize) -> u16;
+    fn environ_sizes_get(count: *mut usize, size: *mut usize) -> u16;
+    fn environ_get(environ: *mut *mut u8, buf: *mut u8) -> u16;
+}
+
+fn fill_random(buf: &mut [u8]) -> bool {
+    // SAFETY: the host writes exactly `buf.len()` bytes into `buf`.
+    unsafe { random_get(buf.as_mut_ptr(), buf.len()) == 0 }
+}
+
+fn getrandom_backend(buf: &mut [u8]) -> Result<(), getrandom::Error> {
+    if fill_random(buf) {
+        Ok(())
+    } else {
+        Err(getrandom::Error::UNSUPPORTED)
+    }
+}
+getrandom::register_custom_getrandom!(getrandom_backend);
+
+/// The VM's environment (Envoy `vm_config.environment_variables`, Istio `vmConfig.env`).
+fn read_env(name: &str) -> Option<String> {
+    let mut count = 0usize;
+    let mut size = 0usize;
+    // SAFETY: WASI environ_sizes_get writes two integers.
+    if unsafe { environ_sizes_get(&mut count, &mut size) } != 0 || count > 4096 || size > 1 << 20 {
+        return None;
+    }
+    let mut ptrs: Vec<*mut u8> = vec![std::ptr::null_mut(); count];
+    let mut buf: Vec<u8> = vec![0; size];
+    // SAFETY: the buffers have the sizes the host just reported.
+    if unsafe { environ_get(ptrs.as_mut_ptr(), buf.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    buf.split(|b| *b == 0)
+        .filter_map(|entry| std::str::from_utf8(entry).ok())
+        .find_map(|entry| {
+            let (k, v) = entry.split_once('=')?;
+            (k == name).then(|| v.to_string())
+        })
+}
+
+fn log(level: LogLevel, msg: &str) {
+    let _ = hostcalls::log(level, msg);
+}
+
+fn now_secs() -> Option<u64> {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
+}
+
+fn dispatch(c: &Callout) -> Result<u32, String> {
+    let headers: Vec<(&str, &str)> = c
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let body = (!c.body.is_empty()).then_some(c.body.as_slice());
+    hostcalls::dispatch_http_call(
+        &c.cluster,
+        headers,
+        body,
+        vec![],
+        Duration::from_millis(c.timeout_ms),
+    )
+    .map_err(|s| format!("dispatch to cluster {:?} failed: {s:?}", c.cluster))
+}
+
+/// Status and body of the callout response being delivered (`None` status: no response).
+fn callout_result(num_headers: usize, body_size: usize) -> (Option<u32>, Vec<u8>) {
+    if num_headers == 0 {
+        return (None, Vec::new());
+    }
+    let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+        .ok()
+        .flatten()
+        .and_then(|s| s.parse::<u32>().ok());
+    if body_size > MAX_IDP_BODY {
+        return (status.map(|_| 0), Vec::new());
+    }
+    let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    (status, body)
+}
+
+struct Shared {
+    config: Option<Rc<Config>>,
+    idp: IdpState,
+}
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
+        Box::new(Root {
+            shared: Rc::new(RefCell::new(Shared { config: None, idp: IdpState::default() })),
+            fetches: HashMap::new(),
+        })
+    });
+}}
+
+struct Root {
+    shared: Rc<RefCell<Shared>>,
+    fetches: HashMap<u32, FetchKind>,
+}
+
+impl Root {
+    fn poll(&mut self) {
+        let Some(now) = now_secs() else { return };
+        let mut shared = self.shared.borrow_mut();
+        let Some(cfg) = shared.config.clone() else {
+            return;
+        };
+        let Some((kind, callout, url)) = shared.idp.poll(&cfg, now) else {
+            return;
+        };
+        match dispatch(&callout) {
+            Ok(token) => {
+                self.fetches.insert(token, kind);
+            }
+            Err(e) => {
+                let msg = match shared.idp.on_response(&cfg, kind, None, &[], now) {
+                    Ok(m) | Err(m) => m,
+                };
+                log(LogLevel::Warn, &format!("oidc-filter: {url}: {e}; {msg}"));
+            }
+        }
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        num_headers: usize,
+        body_size: usize,
+        _: usize,
+    ) {
+        let Some(kind) = self.fetches.remove(&token) else {
+            return;
+        };
+        let (status, body) = callout_result(num_headers, body_size);
+        let Some(now) = now_secs() else { return };
+        let mut shared = self.shared.borrow_mut();
+        let Some(cfg) = shared.config.clone() else {
+            return;
+        };
+        match shared.idp.on_response(&cfg, kind, status, &body, now) {
+            Ok(msg) => log(LogLevel::Info, &format!("oidc-filter: {msg}")),
+            Err(msg) => log(LogLevel::Warn, &format!("oidc-filter: {msg}")),
+        }
+        drop(shared);
+        // Discovery loaded: fetch the keys straight away rather than on the next tick.
+        self.poll();
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, size: usize) -> bool {
+        let raw = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size) {
+            Ok(Some(b)) => b,
+            _ => Vec::new(),
+        };
+        match Config::parse(&raw, &read_env) {
+            Ok(cfg) => {
+                let mut shared = self.shared.borrow_mut();
+                shared.idp = IdpState::new(&cfg);
+                shared.config = Some(Rc::new(cfg));
+                drop(shared);
+                if hostcalls::set_tick_period(TICK).is_err() {
+                    log(LogLevel::Error, "oidc-filter: cannot set the tick period");
+                    return false;
+                }
+                self.poll();
+                true
+            }
+            Err(errors) => {
+                for e in errors {
+                    log(LogLevel::Error, &e.to_string());
+                }
+                log(LogLevel::Error, "oidc-filter: configuration refused");
+                false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        self.poll();
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Filter {
+            shared: self.shared.clone(),
+            state: Waiting::Nothing,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+enum Waiting {
+    Nothing,
+    Token {
+        token: u32,
+        pending: PendingLogin,
+    },
+    Keys {
+        token: u32,
+        pending: PendingLogin,
+        status: Option<u32>,
+        body: Vec<u8>,
+    },
+    /// A reply was sent or the client left: nothing more may happen to this request.
+    Done,
+}
+
+struct Filter {
+    shared: Rc<RefCell<Shared>>,
+    state: Waiting,
+}
+
+impl Filter {
+    fn reply(&mut self, r: &LocalReply) {
+        let level = if r.status >= 500 {
+            LogLevel::Warn
+        } else if r.status >= 400 && r.status != 401 {
+            LogLevel::Info
+        } else {
+            LogLevel::Debug
+        };
+        let detail = r.detail.as_deref().unwrap_or("");
+        log(
+            level,
+            &format!("oidc-filter: {} {} {detail}", r.status, r.reason),
+        );
+        let headers: Vec<(&str, &str)> = r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let body = (!r.body.is_empty()).then_some(r.body.as_bytes());
+        if hostcalls::send_http_response(r.status, headers, body).is_err() {
+            log(LogLevel::Error, "oidc-filter: could not send a local reply");
+        }
+        self.state = Waiting::Done;
+    }
+
+    fn fail(&mut self, status: u32, reason: &'static str, detail: &str) -> Action {
+        self.reply(&flow::error_reply(status, reason, Some(detail.to_string())));
+        Action::Pause
+    }
+
+    fn request(&self) -> Option<Request> {
+        let headers = hostcalls::get_map(MapType::HttpRequestHeaders).ok()?;
+        let mut req = Request::default();
+        for (k, v) in &headers {
+            match k.as_str() {
+                ":method" => req.method = v.clone(),
+                ":scheme" => req.scheme = v.clone(),
+                ":authority" => req.authority = v.clone(),
+                ":path" => req.path = v.clone(),
+                _ => {}
+            }
+        }
+        if req.authority.is_empty() {
+            if let Some((_, h)) = headers.iter().find(|(k, _)| k == "host") {
+                req.authority = h.clone();
+            }
+        }
+        req.headers = headers;
+        Some(req)
+    }
+
+    /// Runs the token response through the core and acts on the outcome.
+    fn finish_login(
+        &mut self,
+        pending: PendingLogin,
+        status: Option<u32>,
+        body: Vec<u8>,
+        may_refetch: bool,
+    ) {
+        let Some(now) = now_secs() else {
+            self.fail(500, "internal_error", "no clock");
+            return;
+        };
+        let shared_rc = self.shared.clone();
+        let outcome = {
+            let shared = shared_rc.borrow();
+            let Some(cfg) = shared.config.clone() else {
+                self.fail(500, "internal_error", "no configuration");
+                return;
+            };
+            let idp = match (&shared.idp.provider, &shared.idp.keys) {
+                (Some(p), Some(k)) => Some(Idp {
+                    provider: p,
+                    keys: k,
+                }),
+                _ => None,
+            };
+            let ctx = Ctx {
+                config: &cfg,
+                idp,
+                now,
+            };
+            flow::on_token_response(&ctx, &pending, status, &body, may_refetch)
+        };
+        match outcome {
+            TokenOutcome::Reply(r) => self.reply(&r),
+            TokenOutcome::RefetchJwks => {
+                let mut shared = shared_rc.borrow_mut();
+                let callout = match shared.config.clone() {
+                    Some(cfg) if shared.idp.take_forced_jwks(now) => shared.idp.jwks_callout(&cfg),
+                    _ => None,
+                };
+                drop(shared);
+                match callout.map(|c| dispatch(&c)) {
+                    Some(Ok(token)) => {
+                        log(
+                            LogLevel::Info,
+                            "oidc-filter: ID token names an unknown key; refetching the JWKS",
+                        );
+                        self.state = Waiting::Keys {
+                            token,
+                            pending,
+                            status,
+                            body,
+                        };
+                    }
+                    _ => self.finish_login(pending, status, body, false),
+                }
+            }
+        }
+    }
+}
+
+impl Context for Filter {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        num_headers: usize,
+        body_size: usize,
+        _: usize,
+    ) {
+        match std::mem::replace(&mut self.state, Waiting::Nothing) {
+            Waiting::Token { token: t, pending } if t == token => {
+                let (status, body) = callout_result(num_headers, body_size);
+                if status.is_some() && body_size > MAX_IDP_BODY {
+                    self.fail(502, "token_response_invalid", "token response too large");
+                    return;
+                }
+                self.finish_login(pending, status, body, true);
+            }
+            Waiting::Keys {
+                token: t,
+                pending,
+                status,
+                body,
+            } if t == token => {
+                let (kstatus, kbody) = callout_result(num_headers, body_size);
+                if let Some(now) = now_secs() {
+                    let mut shared = self.shared.borrow_mut();
+                    if let Some(cfg) = shared.config.clone() {
+                        match shared
+                            .idp
+                            .on_response(&cfg, FetchKind::Jwks, kstatus, &kbody, now)
+                        {
+                            Ok(msg) => log(LogLevel::Info, &format!("oidc-filter: {msg}")),
+                            Err(msg) => log(LogLevel::Warn, &format!("oidc-filter: {msg}")),
+                        }
+                    }
+                }
+                self.finish_login(pending, status, body, false);
+            }
+            // Not ours, or the request was already answered or abandoned: drop it.
+            other => self.state = other,
+        }
+    }
+
+    fn on_done(&mut self) -> bool {
+        self.state = Waiting::Done;
+        true
+    }
+}
+
+impl HttpContext for Filter {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(req) = self.request() else {
+            return self.fail(500, "internal_error", "cannot read request headers");
+        };
+        let Some(now) = now_secs() else {
+            return self.fail(500, "internal_error", "no clock");
+        };
+        let decision = {
+            let shared = self.shared.borrow();
+            let Some(cfg) = shared.config.clone() else {
+                drop(shared);
+                return self.fail(500, "internal_error", "no configuration");
+            };
+            let idp = match (&shared.idp.provider, &shared.idp.keys) {
+                (Some(p), Some(k)) => Some(Idp {
+                    provider: p,
+                    keys: k,
+                }),
+                _ => None,
+            };
+            let ctx = Ctx {
+                config: &cfg,
+                idp,
+                now,
+            };
+            let mut random = || {
+                let mut b = [0u8; 32];
+                fill_random(&mut b).then_some(b)
+            };
+            flow::on_request(&ctx, &req, &mut random)
+        };
+        match decision {
+            Decision::Continue(fwd) => {
+                for name in &fwd.remove {
+                    if hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None).is_err() {
+                        return self.fail(500, "internal_error", "cannot remove a request header");
+                    }
+                }
+                for (k, v) in &fwd.set {
+                    if hostcalls::set_map_value(MapType::HttpRequestHeaders, k, Some(v)).is_err() {
+                        return self.fail(500, "internal_error", "cannot set a request header");
+                    }
+                }
+                Action::Continue
+            }
+            Decision::Reply(r) => {
+                self.reply(&r);
+                Action::Pause
+            }
+            Decision::ExchangeCode { callout, pending } => match dispatch(&callout) {
+                Ok(token) => {
+                    self.state = Waiting::Token { token, pending };
+                    Action::Pause
+                }
+                Err(e) => self.fail(502, "token_request_failed", &e),
+            },
+        }
+    }
+}

@@ -1,0 +1,821 @@
+//! The login flow, step by step and failure by failure, with a fixed clock and seeded
+//! randomness. ID tokens are minted here with keys made here.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use oidc_filter::flow::{Decision, TokenOutcome};
+use oidc_filter::session::code_challenge;
+use serde_json::json;
+
+fn token_outcome_reply(o: TokenOutcome) -> oidc_filter::flow::LocalReply {
+    match o {
+        TokenOutcome::Reply(r) => r,
+        other => panic!("expected a reply, got {other:?}"),
+    }
+}
+
+fn exchange(
+    w: &mut World,
+    path: &str,
+) -> (
+    oidc_filter::flow::Callout,
+    oidc_filter::flow::PendingLogin,
+    String,
+) {
+    let (auth, flow) = start_login(w, path);
+    let nonce = param(&query(&auth), "nonce");
+    match w.request(&callback_request(&auth, &flow)) {
+        Decision::ExchangeCode { callout, pending } => (callout, pending, nonce),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn browser_without_session_is_sent_to_the_authorization_endpoint() {
+    let mut w = World::new(config());
+    let r = reply(w.request(&get("/dashboard?tab=1")));
+    assert_eq!(r.status, 302);
+    let loc = header(&r, "location").unwrap();
+    assert!(
+        loc.starts_with("https://issuer.example.com/authorize?tenant=t1&"),
+        "{loc}"
+    );
+    let q = query(loc);
+    assert_eq!(param(&q, "response_type"), "code");
+    assert_eq!(param(&q, "client_id"), CLIENT_ID);
+    assert_eq!(
+        param(&q, "redirect_uri"),
+        "https://app.example.com/oauth2/callback"
+    );
+    assert_eq!(param(&q, "scope"), "openid email profile");
+    assert_eq!(param(&q, "code_challenge_method"), "S256");
+    let state = param(&q, "state");
+    assert_eq!(state.len(), 43);
+    assert_eq!(param(&q, "nonce").len(), 43);
+    assert_eq!(param(&q, "code_challenge").len(), 43);
+    assert_eq!(header(&r, "cache-control"), Some("no-store"));
+
+    let cookies = set_cookies(&r);
+    assert_eq!(cookies.len(), 1);
+    let flow = cookies[0];
+    assert!(
+        flow.starts_with(&format!("_oauth2_proxy_csrf_{}=1.", &state[..16])),
+        "{flow}"
+    );
+    assert!(
+        flow.ends_with("; Path=/oauth2/callback; Max-Age=600; HttpOnly; Secure; SameSite=Lax"),
+        "{flow}"
+    );
+
+    // A second login (another tab) gets its own state and cookie.
+    let r2 = reply(w.request(&get("/other")));
+    let state2 = param(&query(header(&r2, "location").unwrap()), "state");
+    assert_ne!(state, state2);
+    assert_ne!(cookie_pair(set_cookies(&r2)[0]).0, cookie_pair(flow).0);
+}
+
+#[test]
+fn non_navigation_requests_get_401() {
+    let mut w = World::new(config());
+    let cases = [
+        with_header(get("/api"), "x-requested-with", "XMLHttpRequest"),
+        with_header(get("/api"), "sec-fetch-mode", "cors"),
+        {
+            let mut r = get("/api");
+            r.headers = vec![("accept".into(), "application/json".into())];
+            r
+        },
+        {
+            let mut r = get("/api");
+            r.method = "POST".into();
+            r
+        },
+    ];
+    for req in cases {
+        let r = reply(w.request(&req));
+        assert_eq!(r.status, 401, "{req:?}");
+        assert_eq!(r.reason, "unauthenticated");
+        assert_eq!(header(&r, "x-oidc-filter-reason"), Some("unauthenticated"));
+        assert!(header(&r, "www-authenticate").is_some());
+        assert!(set_cookies(&r).is_empty());
+    }
+    // A navigation with Sec-Fetch-Mode: navigate is a browser.
+    let r = reply(w.request(&with_header(get("/x"), "sec-fetch-mode", "navigate")));
+    assert_eq!(r.status, 302);
+}
+
+#[test]
+fn nothing_passes_before_the_provider_is_loaded() {
+    let mut w = World::new(config());
+    w.ready = false;
+    let r = reply(w.request(&get("/")));
+    assert_eq!((r.status, r.reason), (503, "idp_not_ready"));
+    assert_eq!(header(&r, "retry-after"), Some("5"));
+    let r = reply(w.request(&get("/oauth2/start?rd=/x")));
+    assert_eq!(r.status, 503);
+    // A valid session needs no provider: it still passes.
+    w.ready = true;
+    let session = login(&mut w, "/");
+    w.ready = false;
+    assert!(matches!(
+        w.request(&with_cookies(get("/"), &[session])),
+        Decision::Continue(_)
+    ));
+}
+
+#[test]
+fn callback_exchanges_the_code_with_pkce_and_basic_auth() {
+    let mut w = World::new(config());
+    let (auth, flow) = start_login(&mut w, "/app?x=1");
+    let challenge = param(&query(&auth), "code_challenge");
+    let Decision::ExchangeCode { callout, pending } = w.request(&callback_request(&auth, &flow))
+    else {
+        panic!()
+    };
+    let h = |n: &str| {
+        callout
+            .headers
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(callout.cluster, "idp");
+    assert_eq!(h(":method").as_deref(), Some("POST"));
+    assert_eq!(h(":path").as_deref(), Some("/oauth/token"));
+    assert_eq!(h(":authority").as_deref(), Some("issuer.example.com"));
+    assert_eq!(
+        h("content-type").as_deref(),
+        Some("application/x-www-form-urlencoded")
+    );
+    // RFC 6749 §2.3.1: client id and secret form-encoded, then Basic.
+    assert_eq!(
+        h("authorization").as_deref(),
+        Some(
+            format!(
+                "Basic {}",
+                base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    "app:s3cr%3At%26"
+                )
+            )
+            .as_str()
+        )
+    );
+    let body: Vec<(String, String)> = url::form_urlencoded::parse(&callout.body)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    assert_eq!(param(&body, "grant_type"), "authorization_code");
+    assert_eq!(param(&body, "code"), "the-code");
+    assert_eq!(
+        param(&body, "redirect_uri"),
+        "https://app.example.com/oauth2/callback"
+    );
+    assert_eq!(code_challenge(&param(&body, "code_verifier")), challenge);
+    assert!(!body.iter().any(|(k, _)| k == "client_secret"));
+    assert_eq!(pending.return_url, "/app?x=1");
+    assert_eq!(pending.nonce, param(&query(&auth), "nonce"));
+    assert_eq!(callout.timeout_ms, 5000);
+
+    // client_secret_post puts the credentials in the body instead.
+    let mut w = World::new(config_with(
+        json!({"token_endpoint_auth_method": "client_secret_post"}),
+    ));
+    let (callout, _, _) = exchange(&mut w, "/");
+    assert!(!callout.headers.iter().any(|(k, _)| k == "authorization"));
+    let body: Vec<(String, String)> = url::form_urlencoded::parse(&callout.body)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    assert_eq!(param(&body, "client_id"), "app");
+    assert_eq!(param(&body, "client_secret"), "s3cr:t&");
+}
+
+#[test]
+fn token_response_sets_the_session_and_returns_to_the_original_url() {
+    let mut w = World::new(config_with(json!({"cookie_domains": [".example.com"]})));
+    let (_, pending, nonce) = exchange(&mut w, "/app?x=1");
+    let r = token_outcome_reply(w.token_response(
+        &pending,
+        Some(200),
+        &token_body(&id_token(&nonce)),
+        true,
+    ));
+    assert_eq!(r.status, 302);
+    assert_eq!(header(&r, "location"), Some("/app?x=1"));
+    let cookies = set_cookies(&r);
+    assert_eq!(cookies.len(), 2);
+    assert!(cookies[0].starts_with("_oauth2_proxy=1."), "{}", cookies[0]);
+    assert!(
+        cookies[0].ends_with(
+            "; Path=/; Domain=.example.com; Max-Age=604800; HttpOnly; Secure; SameSite=Lax"
+        ),
+        "{}",
+        cookies[0]
+    );
+    // The flow cookie is cleared with the attributes it was set with.
+    assert_eq!(
+        cookies[1],
+        format!(
+            "{}=; Path=/oauth2/callback; Domain=.example.com; Max-Age=0; HttpOnly; Secure; SameSite=Lax; Expires=Thu, 01 Jan 1970 00:00:00 GMT",
+            pending.flow_cookie
+        )
+    );
+}
+
+#[test]
+fn session_passes_with_identity_headers_and_without_forgeries_or_our_cookies() {
+    let mut w = World::new(config());
+    let session = login(&mut w, "/");
+    let mut req = with_cookies(
+        get("/data"),
+        &[("theme".into(), "dark".into()), session.clone()],
+    );
+    for (k, v) in [
+        ("x-forwarded-email", "evil@attacker.example"),
+        ("X-Auth-Request-User", "admin"),
+        ("x_auth_request_email", "evil@attacker.example"),
+        ("X_FORWARDED_USER", "root"),
+        ("x-forwarded-for", "10.0.0.1"),
+    ] {
+        req = with_header(req, k, v);
+    }
+    let Decision::Continue(f) = w.request(&req) else {
+        panic!()
+    };
+    for n in [
+        "x-forwarded-email",
+        "X-Auth-Request-User",
+        "x_auth_request_email",
+        "X_FORWARDED_USER",
+        "cookie",
+    ] {
+        assert!(f.remove.iter().any(|r| r == n), "{n} not removed: {f:?}");
+    }
+    assert!(!f.remove.iter().any(|r| r == "x-forwarded-for"));
+    let set: std::collections::HashMap<_, _> = f.set.iter().cloned().collect();
+    assert_eq!(set["cookie"], "theme=dark");
+    assert_eq!(set["x-forwarded-user"], "user-1");
+    assert_eq!(set["x-forwarded-email"], "alice@example.com");
+    assert_eq!(set["x-forwarded-preferred-username"], "alice");
+    assert_eq!(set["x-auth-request-user"], "user-1");
+    assert_eq!(set["x-auth-request-email"], "alice@example.com");
+    assert_eq!(set["x-auth-request-preferred-username"], "alice");
+
+    // Only the session cookie: the Cookie header goes away entirely.
+    let Decision::Continue(f) = w.request(&with_cookies(get("/"), &[session])) else {
+        panic!()
+    };
+    assert!(f.remove.contains(&"cookie".to_string()));
+    assert!(!f.set.iter().any(|(k, _)| k == "cookie"));
+}
+
+#[test]
+fn identity_headers_follow_the_options() {
+    let mut w = World::new(config_with(
+        json!({"set_xauthrequest": false, "pass_user_headers": false}),
+    ));
+    let session = login(&mut w, "/");
+    let req = with_header(
+        with_cookies(get("/"), &[session]),
+        "x-auth-request-email",
+        "forged",
+    );
+    let Decision::Continue(f) = w.request(&req) else {
+        panic!()
+    };
+    assert!(f.set.is_empty(), "{f:?}");
+    assert!(f.remove.contains(&"x-auth-request-email".to_string()));
+}
+
+#[test]
+fn bad_sessions_start_a_new_login() {
+    let mut w = World::new(config());
+    let (name, value) = login(&mut w, "/");
+    let mut tampered = value.clone().into_bytes();
+    let i = 10;
+    tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    for v in [tampered, "garbage".to_string(), String::new()] {
+        let r = reply(w.request(&with_cookies(get("/"), &[(name.clone(), v)])));
+        assert_eq!(r.status, 302);
+    }
+    // Expired.
+    w.now += 7 * 24 * 3600;
+    let r = reply(w.request(&with_cookies(get("/"), &[(name.clone(), value.clone())])));
+    assert_eq!(r.status, 302);
+    w.now -= 1;
+    assert!(matches!(
+        w.request(&with_cookies(get("/"), &[(name.clone(), value.clone())])),
+        Decision::Continue(_)
+    ));
+    // Another secret: refused; the old secret second in the list: accepted.
+    let mut other = World::new(config_with(json!({"cookie_secret": SECRET_B})));
+    assert_eq!(
+        reply(other.request(&with_cookies(get("/"), &[(name.clone(), value.clone())]))).status,
+        302
+    );
+    let mut rotated = World::new(config_with(json!({"cookie_secret": [SECRET_B, SECRET_A]})));
+    assert!(matches!(
+        rotated.request(&with_cookies(get("/"), &[(name.clone(), value.clone())])),
+        Decision::Continue(_)
+    ));
+    // A session made under one name is not valid under another.
+    let mut renamed = World::new(config_with(json!({"cookie_name": "other"})));
+    assert_eq!(
+        reply(renamed.request(&with_cookies(get("/"), &[("other".into(), value)]))).status,
+        302
+    );
+}
+
+#[test]
+fn rotated_secret_signs_with_the_first() {
+    let mut w = World::new(config_with(json!({"cookie_secret": [SECRET_B, SECRET_A]})));
+    let session = login(&mut w, "/");
+    let mut only_new = World::new(config_with(json!({"cookie_secret": SECRET_B})));
+    assert!(matches!(
+        only_new.request(&with_cookies(get("/"), &[session])),
+        Decision::Continue(_)
+    ));
+}
+
+#[test]
+fn callback_failures() {
+    let mut w = World::new(config());
+    let (auth, flow) = start_login(&mut w, "/");
+    let state = param(&query(&auth), "state");
+    let cb = |q: &str| {
+        with_cookies(
+            get(&format!("/oauth2/callback?{q}")),
+            std::slice::from_ref(&flow),
+        )
+    };
+    let cases: Vec<(String, u32, &str)> = vec![
+        ("error=access_denied".into(), 403, "idp_error"),
+        (format!("error=<script>&state={state}"), 403, "idp_error"),
+        ("code=c".into(), 403, "callback_invalid"),
+        (format!("state={state}"), 403, "callback_invalid"),
+        (
+            format!("code=c&state={state}&state={state}"),
+            403,
+            "callback_invalid",
+        ),
+        (
+            format!("code=c&code=d&state={state}"),
+            403,
+            "callback_invalid",
+        ),
+        ("code=c&state=short".into(), 403, "callback_invalid"),
+        (
+            format!("code=c&state={state}&iss=https://evil.example"),
+            403,
+            "callback_invalid",
+        ),
+        // Same 16-character prefix (same cookie), different state.
+        (
+            format!("code=c&state={}{}", &state[..16], "A".repeat(27)),
+            403,
+            "state_mismatch",
+        ),
+        // A well-formed state with no cookie for it.
+        (
+            format!("code=c&state={}", "B".repeat(43)),
+            403,
+            "login_expired",
+        ),
+    ];
+    for (q, status, reason) in cases {
+        let r = reply(w.request(&cb(&q)));
+        assert_eq!((r.status, r.reason), (status, reason), "{q}");
+        assert!(!r.body.contains("<script>"), "{q}");
+    }
+    let r = reply(w.request(&cb("error=access_denied")));
+    assert!(r.body.contains("access_denied"));
+    let r = reply(w.request(&cb("error=%3Cscript%3E")));
+    assert!(r.body.contains("other") && !r.body.contains("script"));
+
+    // The correct iss is accepted (RFC 9207).
+    let ok = cb(&format!("code=c&state={state}&iss={ISSUER}"));
+    assert!(matches!(w.request(&ok), Decision::ExchangeCode { .. }));
+    // Without the cookie, or after it expired.
+    let r = reply(w.request(&get(&format!("/oauth2/callback?code=c&state={state}"))));
+    assert_eq!(r.reason, "login_expired");
+    w.now += 601;
+    let r = reply(w.request(&cb(&format!("code=c&state={state}"))));
+    assert_eq!(r.reason, "login_expired");
+    // A flow cookie made with another secret.
+    let mut other = World::new(config_with(json!({"cookie_secret": SECRET_B})));
+    let r = reply(other.request(&cb(&format!("code=c&state={state}"))));
+    assert_eq!(r.reason, "login_expired");
+}
+
+#[test]
+fn token_endpoint_failures() {
+    let mut w = World::new(config());
+    let (_, pending, nonce) = exchange(&mut w, "/");
+    let cases: Vec<(Option<u32>, Vec<u8>, u32, &str)> = vec![
+        (None, vec![], 502, "token_request_failed"),
+        (Some(500), b"{}".to_vec(), 502, "token_request_failed"),
+        (
+            Some(400),
+            br#"{"error":"invalid_grant"}"#.to_vec(),
+            502,
+            "token_request_failed",
+        ),
+        (Some(200), b"<html>".to_vec(), 502, "token_response_invalid"),
+        (
+            Some(200),
+            br#"{"access_token":"x"}"#.to_vec(),
+            502,
+            "token_response_invalid",
+        ),
+        (
+            Some(200),
+            br#"{"id_token":""}"#.to_vec(),
+            502,
+            "token_response_invalid",
+        ),
+        (Some(200), token_body("not.a.jwt"), 502, "id_token_invalid"),
+        (
+            Some(200),
+            token_body(&id_token(&nonce)).into_iter().take(40).collect(),
+            502,
+            "token_response_invalid",
+        ),
+    ];
+    for (status, body, want_status, reason) in cases {
+        let r = token_outcome_reply(w.token_response(&pending, status, &body, true));
+        assert_eq!((r.status, r.reason), (want_status, reason), "{status:?}");
+        assert!(set_cookies(&r).is_empty());
+    }
+}
+
+fn id_token_case(
+    w: &World,
+    pending: &oidc_filter::flow::PendingLogin,
+    token: &str,
+) -> oidc_filter::flow::LocalReply {
+    token_outcome_reply(w.token_response(pending, Some(200), &token_body(token), false))
+}
+
+#[test]
+fn id_token_validation_oidc_core_3_1_3_7() {
+    let mut w = World::new(config());
+    let (_, pending, nonce) = exchange(&mut w, "/");
+    let k = rsa_key(0);
+    let hdr = json!({"alg": "RS256", "kid": k.kid});
+    let with = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut c = claims(&nonce);
+        f(&mut c);
+        sign_rs256(k, &hdr, &c)
+    };
+    let bad: Vec<(&str, String)> = vec![
+        (
+            "wrong iss",
+            with(&|c| c["iss"] = "https://evil.example".into()),
+        ),
+        (
+            "iss with slash",
+            with(&|c| c["iss"] = format!("{ISSUER}/").into()),
+        ),
+        (
+            "no iss",
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("iss");
+            }),
+        ),
+        ("wrong aud", with(&|c| c["aud"] = "other".into())),
+        (
+            "aud list without azp",
+            with(&|c| c["aud"] = json!([CLIENT_ID, "other"])),
+        ),
+        (
+            "wrong azp",
+            with(&|c| {
+                c["aud"] = json!([CLIENT_ID, "other"]);
+                c["azp"] = "other".into();
+            }),
+        ),
+        ("expired", with(&|c| c["exp"] = (NOW - 61).into())),
+        (
+            "no exp",
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("exp");
+            }),
+        ),
+        ("exp not numeric", with(&|c| c["exp"] = "tomorrow".into())),
+        ("iat in future", with(&|c| c["iat"] = (NOW + 120).into())),
+        (
+            "no iat",
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("iat");
+            }),
+        ),
+        ("wrong nonce", with(&|c| c["nonce"] = "other".into())),
+        (
+            "no nonce",
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("nonce");
+            }),
+        ),
+        (
+            "no sub",
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("sub");
+            }),
+        ),
+        (
+            "signed by another key",
+            sign_rs256(rsa_key(1), &hdr, &claims(&nonce)),
+        ),
+        ("alg none", {
+            let t = id_token(&nonce);
+            let mut parts = t.split('.');
+            let _ = parts.next();
+            format!(
+                "{}.{}.",
+                b64(br#"{"alg":"none","kid":"rsa-0"}"#),
+                parts.next().unwrap()
+            )
+        }),
+        ("HS256 with the client secret", {
+            use hmac::Mac;
+            let input = format!(
+                "{}.{}",
+                b64(br#"{"alg":"HS256","kid":"rsa-0"}"#),
+                b64(claims(&nonce).to_string().as_bytes())
+            );
+            let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"s3cr:t&").unwrap();
+            m.update(input.as_bytes());
+            format!("{input}.{}", b64(&m.finalize().into_bytes()))
+        }),
+        (
+            "alg swapped to RS512",
+            sign_rs256(k, &json!({"alg": "RS512", "kid": k.kid}), &claims(&nonce)),
+        ),
+        (
+            "ES256 header on an RSA key",
+            sign_rs256(k, &json!({"alg": "ES256", "kid": k.kid}), &claims(&nonce)),
+        ),
+        ("signature cut", {
+            let t = id_token(&nonce);
+            t[..t.len() - 4].to_string()
+        }),
+    ];
+    for (name, token) in bad {
+        let r = id_token_case(&w, &pending, &token);
+        assert_eq!(
+            (r.status, r.reason),
+            (502, "id_token_invalid"),
+            "{name}: {r:?}"
+        );
+        assert!(set_cookies(&r).is_empty(), "{name}");
+    }
+    // Within the leeway, and with azp for several audiences: accepted.
+    let good = [
+        with(&|c| c["exp"] = (NOW - 30).into()),
+        with(&|c| {
+            c["aud"] = json!([CLIENT_ID, "other"]);
+            c["azp"] = CLIENT_ID.into();
+        }),
+        with(&|c| c["aud"] = json!([CLIENT_ID])),
+        with(&|c| c["email_verified"] = "true".into()),
+        sign_rs256(k, &json!({"alg": "RS256"}), &claims(&nonce)), // no kid: try each key
+        sign_es256(
+            &ec_key(),
+            &json!({"alg": "ES256", "kid": "ec-0"}),
+            &claims(&nonce),
+        ),
+    ];
+    for (i, token) in good.iter().enumerate() {
+        let r = id_token_case(&w, &pending, token);
+        assert_eq!(r.status, 302, "good #{i}: {r:?}");
+    }
+}
+
+#[test]
+fn unknown_kid_asks_for_the_jwks_once() {
+    let mut w = World::new(config());
+    let (_, pending, nonce) = exchange(&mut w, "/");
+    let k1 = rsa_key(1);
+    let token = sign_rs256(k1, &json!({"alg": "RS256", "kid": k1.kid}), &claims(&nonce));
+    assert_eq!(
+        w.token_response(&pending, Some(200), &token_body(&token), true),
+        TokenOutcome::RefetchJwks
+    );
+    let r = token_outcome_reply(w.token_response(&pending, Some(200), &token_body(&token), false));
+    assert_eq!(r.reason, "id_token_invalid");
+    // After the refetch the new key is there.
+    w.keys = jwks(&[rsa_jwk(k1)]);
+    let r = token_outcome_reply(w.token_response(&pending, Some(200), &token_body(&token), false));
+    assert_eq!(r.status, 302);
+}
+
+#[test]
+fn email_rules() {
+    let check = |extra: serde_json::Value, f: &dyn Fn(&mut serde_json::Value)| {
+        let mut w = World::new(config_with(extra));
+        let (_, pending, nonce) = exchange(&mut w, "/");
+        let mut c = claims(&nonce);
+        f(&mut c);
+        let k = rsa_key(0);
+        let t = sign_rs256(k, &json!({"alg": "RS256", "kid": k.kid}), &c);
+        let r = id_token_case(&w, &pending, &t);
+        (r.status, r.reason)
+    };
+    let domains = json!({"email_domains": ["example.com"]});
+    assert_eq!(check(domains.clone(), &|_| {}), (302, "login_complete"));
+    assert_eq!(
+        check(domains.clone(), &|c| c["email"] =
+            "ALICE@EXAMPLE.COM".into()),
+        (302, "login_complete")
+    );
+    assert_eq!(
+        check(domains.clone(), &|c| c["email"] =
+            "a@evil.com@example.com".into()),
+        (403, "email_not_allowed")
+    );
+    assert_eq!(
+        check(domains.clone(), &|c| c["email"] =
+            "a@sub.example.com".into()),
+        (403, "email_not_allowed")
+    );
+    assert_eq!(
+        check(domains.clone(), &|c| c["email"] =
+            "a@example.com.evil".into()),
+        (403, "email_not_allowed")
+    );
+    assert_eq!(
+        check(domains.clone(), &|c| {
+            c.as_object_mut().unwrap().remove("email");
+        }),
+        (403, "email_not_allowed")
+    );
+    assert_eq!(
+        check(json!({"email_domains": [".example.com"]}), &|c| c
+            ["email"] =
+            "a@sub.example.com".into()),
+        (302, "login_complete")
+    );
+    assert_eq!(
+        check(domains.clone(), &|c| c["email_verified"] = false.into()),
+        (403, "email_unverified")
+    );
+    assert_eq!(
+        check(json!({}), &|c| c["email_verified"] = false.into()),
+        (403, "email_unverified")
+    );
+    assert_eq!(
+        check(
+            json!({"insecure_oidc_allow_unverified_email": true}),
+            &|c| c["email_verified"] = false.into()
+        ),
+        (302, "login_complete")
+    );
+}
+
+#[test]
+fn return_urls_are_validated() {
+    // The URL first asked for: //evil.example/ never becomes Location: //evil.example/.
+    let mut w = World::new(config());
+    let (_, pending, _) = exchange(&mut w, "//evil.example/");
+    assert_eq!(pending.return_url, "/");
+    let (_, pending, _) = exchange(&mut w, "/\\evil.example/");
+    assert_eq!(pending.return_url, "/");
+
+    let mut w = World::new(config_with(
+        json!({"whitelist_domains": [".trusted.example"]}),
+    ));
+    let start = |w: &mut World, rd: &str| {
+        let r = reply(w.request(&get(&format!(
+            "/oauth2/start?rd={}",
+            url::form_urlencoded::byte_serialize(rd.as_bytes()).collect::<String>()
+        ))));
+        assert_eq!(r.status, 302);
+        let auth = header(&r, "location").unwrap().to_string();
+        let flow = cookie_pair(set_cookies(&r)[0]);
+        let Decision::ExchangeCode { pending, .. } = w.request(&callback_request(&auth, &flow))
+        else {
+            panic!()
+        };
+        pending.return_url
+    };
+    assert_eq!(start(&mut w, "/reports?id=3"), "/reports?id=3");
+    assert_eq!(
+        start(&mut w, "https://app.trusted.example/x"),
+        "https://app.trusted.example/x"
+    );
+    for evil in [
+        "https://evil.example/",
+        "//evil.example",
+        "/\\evil.example",
+        "javascript:alert(1)",
+        "https://app.example.com@evil.example/",
+    ] {
+        assert_eq!(start(&mut w, evil), "/", "{evil}");
+    }
+}
+
+#[test]
+fn sign_out_clears_the_cookie_as_it_was_set() {
+    let mut w = World::new(config_with(
+        json!({"cookie_domains": [".example.com"], "whitelist_domains": ["idp.example.org"]}),
+    ));
+    let r = reply(w.request(&get("/oauth2/sign_out")));
+    assert_eq!(r.status, 302);
+    assert_eq!(header(&r, "location"), Some("/"));
+    assert_eq!(
+        set_cookies(&r),
+        vec!["_oauth2_proxy=; Path=/; Domain=.example.com; Max-Age=0; HttpOnly; Secure; SameSite=Lax; Expires=Thu, 01 Jan 1970 00:00:00 GMT"]
+    );
+    let r = reply(w.request(&get(
+        "/oauth2/sign_out?rd=https%3A%2F%2Fidp.example.org%2Flogout",
+    )));
+    assert_eq!(
+        header(&r, "location"),
+        Some("https://idp.example.org/logout")
+    );
+    let r = reply(w.request(&get("/oauth2/sign_out?rd=https%3A%2F%2Fevil.example%2F")));
+    assert_eq!(header(&r, "location"), Some("/"));
+}
+
+#[test]
+fn paths_are_classified_exactly() {
+    let mut w = World::new(config());
+    // Not the callback: protected like anything else.
+    for p in [
+        "/oauth2/callbackX?code=c&state=s",
+        "/oauth2/callback/x",
+        "/oauth2/unknown",
+        "/OAUTH2/CALLBACK",
+    ] {
+        let r = reply(w.request(&get(p)));
+        assert_eq!((r.status, r.reason), (302, "login_redirect"), "{p}");
+    }
+    // The callback with a fragment-free query is the callback.
+    let r = reply(w.request(&get("/oauth2/callback?error=access_denied")));
+    assert_eq!(r.reason, "idp_error");
+    // A custom redirect_url moves the callback.
+    let mut w = World::new(config_with(
+        json!({"redirect_url": "https://auth.example.com/cb"}),
+    ));
+    let r = reply(w.request(&get("/cb?error=access_denied")));
+    assert_eq!(r.reason, "idp_error");
+    let r = reply(w.request(&get("/x")));
+    assert_eq!(
+        param(&query(header(&r, "location").unwrap()), "redirect_uri"),
+        "https://auth.example.com/cb"
+    );
+}
+
+#[test]
+fn redirect_uri_comes_from_the_request_itself() {
+    let mut w = World::new(config());
+    let mut req = get("/");
+    req.authority = "app.example.com:8443".into();
+    req.scheme = "http".into();
+    let req = with_header(
+        with_header(req, "x-forwarded-host", "evil.example"),
+        "x-forwarded-proto",
+        "https",
+    );
+    let r = reply(w.request(&req));
+    assert_eq!(
+        param(&query(header(&r, "location").unwrap()), "redirect_uri"),
+        "http://app.example.com:8443/oauth2/callback"
+    );
+    let mut bad = get("/");
+    bad.authority = "evil.example/path?".into();
+    assert_eq!(reply(w.request(&bad)).status, 400);
+}
+
+#[test]
+fn auth_endpoint_answers_202_or_401() {
+    let mut w = World::new(config());
+    let r = reply(w.request(&with_header(
+        get("/oauth2/auth"),
+        "accept",
+        "application/json",
+    )));
+    assert_eq!(r.status, 401);
+    let session = login(&mut w, "/");
+    let r = reply(w.request(&with_cookies(get("/oauth2/auth"), &[session])));
+    assert_eq!(r.status, 202);
+    assert_eq!(
+        header(&r, "x-auth-request-email"),
+        Some("alice@example.com")
+    );
+}
+
+#[test]
+fn strict_samesite_keeps_the_login_cookie_lax() {
+    let mut w = World::new(config_with(json!({"cookie_samesite": "strict"})));
+    let (_, flow) = start_login(&mut w, "/");
+    let r = reply(w.request(&get("/")));
+    let c = set_cookies(&r)[0];
+    assert!(c.ends_with("SameSite=Lax"), "{c}");
+    let _ = flow;
+    let session = login(&mut w, "/");
+    let _ = session;
+}
