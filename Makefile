@@ -66,12 +66,19 @@ fmt-check:
 	cargo fmt --all -- --check
 
 e2e: $(WASM)
-	bash envoy/run-e2e.sh
+	E2E_BROWSER=1 bash envoy/run-e2e.sh
 
 host-tests: $(WASM)
 	OIDC_FILTER_WASM=$(CURDIR)/$(WASM) cargo test -p host-tests
 
-test: fmt-check lint unit $(WASM) host-tests e2e
+istio-test:
+	bash istio/tests/run.sh
+
+# The OCI image Istio pulls (FROM scratch, /plugin.wasm), built without docker.
+image: $(WASM)
+	python3 istio/build-image.py --wasm $(WASM) --out dist/oidc-filter-image
+
+test: fmt-check lint unit $(WASM) host-tests istio-test e2e
 	@echo "make test: all passed"
 
 demo: $(WASM)
