@@ -115,6 +115,21 @@ struct Shared {
     idp: IdpState,
 }
 
+/// Runs `f` with the core's view of the current config and provider; `None` before a
+/// configuration was accepted.
+fn with_ctx<R>(shared: &Shared, now: u64, f: impl FnOnce(&Ctx<'_>) -> R) -> Option<R> {
+    let cfg = shared.config.as_deref()?;
+    let idp = match (&shared.idp.provider, &shared.idp.keys) {
+        (Some(provider), Some(keys)) => Some(Idp { provider, keys }),
+        _ => None,
+    };
+    Some(f(&Ctx {
+        config: cfg,
+        idp,
+        now,
+    }))
+}
+
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
@@ -312,25 +327,12 @@ impl Filter {
             return;
         };
         let shared_rc = self.shared.clone();
-        let outcome = {
-            let shared = shared_rc.borrow();
-            let Some(cfg) = shared.config.clone() else {
-                self.fail(500, "internal_error", "no configuration");
-                return;
-            };
-            let idp = match (&shared.idp.provider, &shared.idp.keys) {
-                (Some(p), Some(k)) => Some(Idp {
-                    provider: p,
-                    keys: k,
-                }),
-                _ => None,
-            };
-            let ctx = Ctx {
-                config: &cfg,
-                idp,
-                now,
-            };
-            flow::on_token_response(&ctx, &pending, status, &body, may_refetch)
+        let outcome = with_ctx(&shared_rc.borrow(), now, |ctx| {
+            flow::on_token_response(ctx, &pending, status, &body, may_refetch)
+        });
+        let Some(outcome) = outcome else {
+            self.fail(500, "internal_error", "no configuration");
+            return;
         };
         match outcome {
             TokenOutcome::Reply(r) => self.reply(&r),
@@ -418,29 +420,15 @@ impl HttpContext for Filter {
         let Some(now) = now_secs() else {
             return self.fail(500, "internal_error", "no clock");
         };
-        let decision = {
-            let shared = self.shared.borrow();
-            let Some(cfg) = shared.config.clone() else {
-                drop(shared);
-                return self.fail(500, "internal_error", "no configuration");
-            };
-            let idp = match (&shared.idp.provider, &shared.idp.keys) {
-                (Some(p), Some(k)) => Some(Idp {
-                    provider: p,
-                    keys: k,
-                }),
-                _ => None,
-            };
-            let ctx = Ctx {
-                config: &cfg,
-                idp,
-                now,
-            };
-            let mut random = || {
-                let mut b = [0u8; 32];
-                fill_random(&mut b).then_some(b)
-            };
-            flow::on_request(&ctx, &req, &mut random)
+        let mut random = || {
+            let mut b = [0u8; 32];
+            fill_random(&mut b).then_some(b)
+        };
+        let decision = with_ctx(&self.shared.borrow(), now, |ctx| {
+            flow::on_request(ctx, &req, &mut random)
+        });
+        let Some(decision) = decision else {
+            return self.fail(500, "internal_error", "no configuration");
         };
         match decision {
             Decision::Continue(fwd) => {

@@ -195,22 +195,27 @@ impl World {
         }
     }
 
-    pub fn request(&mut self, req: &Request) -> Decision {
-        let ctx = Ctx {
+    pub fn ctx(&self) -> Ctx<'_> {
+        Ctx {
             config: &self.config,
             idp: self.ready.then_some(Idp {
                 provider: &self.provider,
                 keys: &self.keys,
             }),
             now: self.now,
-        };
-        let rng = &mut self.rng;
+        }
+    }
+
+    pub fn request(&mut self, req: &Request) -> Decision {
+        let mut rng = self.rng.clone();
         let mut random = || {
             let mut b = [0u8; 32];
             rng.fill_bytes(&mut b);
             Some(b)
         };
-        flow::on_request(&ctx, req, &mut random)
+        let d = flow::on_request(&self.ctx(), req, &mut random);
+        self.rng = rng;
+        d
     }
 
     pub fn token_response(
@@ -220,15 +225,7 @@ impl World {
         body: &[u8],
         may_refetch: bool,
     ) -> TokenOutcome {
-        let ctx = Ctx {
-            config: &self.config,
-            idp: self.ready.then_some(Idp {
-                provider: &self.provider,
-                keys: &self.keys,
-            }),
-            now: self.now,
-        };
-        flow::on_token_response(&ctx, pending, status, body, may_refetch)
+        flow::on_token_response(&self.ctx(), pending, status, body, may_refetch)
     }
 }
 
