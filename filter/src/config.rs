@@ -150,6 +150,7 @@ pub struct Config {
     pub whitelist_domains: Vec<String>,
     pub set_xauthrequest: bool,
     pub pass_user_headers: bool,
+    pub skip_auth_preflight: bool,
     pub idp: IdpConfig,
     pub token_auth: TokenAuthMethod,
     pub static_endpoints: Option<StaticEndpoints>,
@@ -190,6 +191,7 @@ const KNOWN_KEYS: &[&str] = &[
     "whitelist_domains",
     "set_xauthrequest",
     "pass_user_headers",
+    "skip_auth_preflight",
     "proxy_prefix",
     "idp_cluster",
     "idp_authority",
@@ -627,6 +629,7 @@ impl Config {
         }
         let set_xauthrequest = f.bool_or("set_xauthrequest", false);
         let pass_user_headers = f.bool_or("pass_user_headers", true);
+        let skip_auth_preflight = f.bool_or("skip_auth_preflight", false);
 
         // The identity provider, as the proxy reaches it.
         let cluster = f.required_string("idp_cluster");
@@ -741,6 +744,7 @@ impl Config {
                 whitelist_domains,
                 set_xauthrequest,
                 pass_user_headers,
+                skip_auth_preflight,
                 idp: IdpConfig {
                     cluster,
                     issuer_host,

@@ -167,12 +167,20 @@ pub fn on_request(
             .unwrap_or_else(|| "/".to_string());
         return Decision::Reply(redirect_to_authorization_endpoint(ctx, req, random, target));
     }
+    // oauth2-proxy's --skip-auth-preflight: CORS preflights carry no cookies. They pass
+    // without an identity (and without any identity header a client put on them).
+    if cfg.skip_auth_preflight
+        && req.method.eq_ignore_ascii_case("OPTIONS")
+        && req.header("access-control-request-method").is_some()
+    {
+        return Decision::Continue(forward(cfg, req, None));
+    }
     let session = current_session(ctx, req);
     if path == cfg.auth_path {
         return Decision::Reply(auth_endpoint(ctx, session.as_ref()));
     }
     match session {
-        Some(s) => Decision::Continue(forward(cfg, req, &s)),
+        Some(s) => Decision::Continue(forward(cfg, req, Some(&s))),
         None if is_navigation(req) => {
             // The URL asked for becomes the return URL only through the same validation as rd.
             let target = validate_return_url(&req.path, &req.authority, &[])
@@ -271,8 +279,8 @@ fn identity_headers(cfg: &Config, s: &Session, for_upstream: bool) -> Vec<(Strin
 }
 
 /// The request goes upstream without any identity header the client sent, without our
-/// cookies, and with the session's identity.
-fn forward(cfg: &Config, req: &Request, s: &Session) -> Forward {
+/// cookies, and with the session's identity (if any).
+fn forward(cfg: &Config, req: &Request, s: Option<&Session>) -> Forward {
     let mut f = Forward::default();
     for (name, _) in &req.headers {
         if is_identity_header(name) && !f.remove.contains(name) {
@@ -290,7 +298,9 @@ fn forward(cfg: &Config, req: &Request, s: &Session) -> Forward {
             f.set.push(("cookie".into(), rest.join("; ")));
         }
     }
-    f.set.extend(identity_headers(cfg, s, true));
+    if let Some(s) = s {
+        f.set.extend(identity_headers(cfg, s, true));
+    }
     f
 }
 

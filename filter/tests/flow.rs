@@ -819,3 +819,24 @@ fn strict_samesite_keeps_the_login_cookie_lax() {
     let session = login(&mut w, "/");
     let _ = session;
 }
+
+#[test]
+fn cors_preflight_passes_only_when_configured_and_without_identity() {
+    let preflight = || {
+        let mut r = with_header(get("/api"), "access-control-request-method", "GET");
+        r.method = "OPTIONS".into();
+        with_header(r, "x-forwarded-email", "forged@evil.example")
+    };
+    let mut w = World::new(config());
+    assert_eq!(reply(w.request(&preflight())).status, 401);
+    let mut w = World::new(config_with(json!({"skip_auth_preflight": true})));
+    let Decision::Continue(f) = w.request(&preflight()) else {
+        panic!()
+    };
+    assert_eq!(f.remove, vec!["x-forwarded-email".to_string()]);
+    assert!(f.set.is_empty());
+    // An OPTIONS that is not a preflight is not skipped.
+    let mut r = get("/api");
+    r.method = "OPTIONS".into();
+    assert_eq!(reply(w.request(&r)).status, 401);
+}
