@@ -119,6 +119,7 @@ fn redirect(location: &str, cookies: Vec<String>, reason: &'static str) -> Local
     let mut headers = vec![
         ("location".to_string(), location.to_string()),
         ("cache-control".to_string(), "no-store".to_string()),
+        ("x-oidc-filter-reason".to_string(), reason.to_string()),
     ];
     for c in cookies {
         headers.push(("set-cookie".to_string(), c));
@@ -309,7 +310,11 @@ fn auth_endpoint(ctx: &Ctx<'_>, session: Option<&Session>) -> LocalReply {
     match session {
         Some(s) => LocalReply {
             status: 202,
-            headers: identity_headers(ctx.config, s, false),
+            headers: {
+                let mut h = identity_headers(ctx.config, s, false);
+                h.push(("x-oidc-filter-reason".into(), "authenticated".into()));
+                h
+            },
             body: String::new(),
             reason: "authenticated",
             detail: None,

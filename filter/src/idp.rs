@@ -69,12 +69,17 @@ impl IdpState {
         self.provider.is_some() && self.keys.is_some()
     }
 
-    /// Called on every tick: the fetch to start now, if any. Marks it in flight.
-    pub fn poll(&mut self, cfg: &Config, now: u64) -> Option<(FetchKind, Callout, String)> {
+    /// Called on every tick: the fetch to start now, if any, marked in flight. `Err` says why a
+    /// due fetch cannot start (no cluster for its host); it is retried after a backoff.
+    pub fn poll(
+        &mut self,
+        cfg: &Config,
+        now: u64,
+    ) -> Result<Option<(FetchKind, Callout, String)>, String> {
         if let Some((_, since)) = self.in_flight {
             // The host answers every callout, on timeout too; this only guards against a lost one.
             if now < since + cfg.idp.timeout_ms / 1000 + 10 {
-                return None;
+                return Ok(None);
             }
             self.in_flight = None;
         }
@@ -83,16 +88,21 @@ impl IdpState {
         } else if let Some(p) = self.provider.as_ref().filter(|_| now >= self.next_jwks) {
             (FetchKind::Jwks, p.jwks_uri.clone())
         } else {
-            return None;
+            return Ok(None);
         };
         let Some(callout) = get_callout(cfg, &url) else {
             self.fail(now);
-            self.next_discovery = self.next_discovery.max(now + MAX_BACKOFF_SECS);
-            self.next_jwks = self.next_jwks.max(now + MAX_BACKOFF_SECS);
-            return None;
+            match kind {
+                FetchKind::Discovery => self.next_discovery = now + MAX_BACKOFF_SECS,
+                FetchKind::Jwks => self.next_jwks = now + MAX_BACKOFF_SECS,
+            }
+            let host = url.host_str().unwrap_or_default();
+            return Err(format!(
+                "{kind:?} at {url}: no cluster for host {host:?}; add it to idp_clusters; retry in {MAX_BACKOFF_SECS}s"
+            ));
         };
         self.in_flight = Some((kind, now));
-        Some((kind, callout, url.to_string()))
+        Ok(Some((kind, callout, url.to_string())))
     }
 
     fn backoff(&self) -> u64 {
@@ -170,5 +180,141 @@ impl IdpState {
 
     pub fn jwks_callout(&self, cfg: &Config) -> Option<Callout> {
         get_callout(cfg, &self.provider.as_ref()?.jwks_uri)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(extra: serde_json::Value) -> Config {
+        let mut v = serde_json::json!({
+            "oidc_issuer_url": "https://issuer.example.com",
+            "client_id": "app", "client_secret": "x", "idp_cluster": "idp",
+            "cookie_secret": "q83vEjRWeJCrze8SNFZ4kA==",
+        });
+        for (k, val) in extra.as_object().unwrap() {
+            v[k] = val.clone();
+        }
+        Config::parse(v.to_string().as_bytes(), &|_| None).unwrap()
+    }
+
+    fn discovery(jwks: &str) -> Vec<u8> {
+        serde_json::json!({
+            "issuer": "https://issuer.example.com",
+            "authorization_endpoint": "https://issuer.example.com/auth",
+            "token_endpoint": "https://issuer.example.com/token",
+            "jwks_uri": jwks,
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    const JWKS: &[u8] = br#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k",
+        "x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+        "y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
+
+    fn path(c: &Callout) -> &str {
+        c.headers
+            .iter()
+            .find(|(k, _)| k == ":path")
+            .map(|(_, v)| v.as_str())
+            .unwrap()
+    }
+
+    #[test]
+    fn start_refresh_and_backoff() {
+        let c = cfg(serde_json::json!({"jwks_refresh_interval": "60s"}));
+        let mut s = IdpState::new(&c);
+        let (k, call, _) = s.poll(&c, 100).unwrap().unwrap();
+        assert_eq!(
+            (k, path(&call)),
+            (FetchKind::Discovery, "/.well-known/openid-configuration")
+        );
+        // One fetch at a time.
+        assert_eq!(s.poll(&c, 100), Ok(None));
+        s.on_response(
+            &c,
+            k,
+            Some(200),
+            &discovery("https://issuer.example.com/jwks"),
+            100,
+        )
+        .unwrap();
+        let (k, call, _) = s.poll(&c, 100).unwrap().unwrap();
+        assert_eq!((k, path(&call)), (FetchKind::Jwks, "/jwks"));
+        assert!(!s.ready());
+        // A failure keeps it unready and backs off: 2 s, then 4 s.
+        assert!(s.on_response(&c, k, Some(500), b"", 100).is_err());
+        assert_eq!(s.poll(&c, 101), Ok(None));
+        let (k, ..) = s.poll(&c, 102).unwrap().unwrap();
+        assert!(s.on_response(&c, k, None, b"", 102).is_err());
+        assert_eq!(s.poll(&c, 105), Ok(None));
+        let (k, ..) = s.poll(&c, 106).unwrap().unwrap();
+        s.on_response(&c, k, Some(200), JWKS, 106).unwrap();
+        assert!(s.ready());
+        assert_eq!(s.poll(&c, 150), Ok(None));
+        // Refresh after the interval: discovery first, keys kept meanwhile.
+        let (k, ..) = s.poll(&c, 160).unwrap().unwrap();
+        assert_eq!(k, FetchKind::Discovery);
+        assert!(s.on_response(&c, k, Some(200), b"not json", 160).is_err());
+        assert!(s.ready(), "stale metadata is kept while a refresh fails");
+    }
+
+    #[test]
+    fn discovery_must_name_our_issuer() {
+        let c = cfg(serde_json::json!({}));
+        let mut s = IdpState::new(&c);
+        let (k, ..) = s.poll(&c, 1).unwrap().unwrap();
+        let other = br#"{"issuer":"https://evil.example","authorization_endpoint":"https://a/x",
+            "token_endpoint":"https://a/t","jwks_uri":"https://a/j"}"#;
+        let err = s.on_response(&c, k, Some(200), other, 1).unwrap_err();
+        assert!(err.contains("differs from oidc_issuer_url"), "{err}");
+        assert!(s.provider.is_none());
+    }
+
+    #[test]
+    fn unroutable_jwks_host_is_reported() {
+        let c = cfg(serde_json::json!({}));
+        let mut s = IdpState::new(&c);
+        let (k, ..) = s.poll(&c, 1).unwrap().unwrap();
+        s.on_response(
+            &c,
+            k,
+            Some(200),
+            &discovery("https://keys.example.net/jwks"),
+            1,
+        )
+        .unwrap();
+        let err = s.poll(&c, 1).unwrap_err();
+        assert!(
+            err.contains("keys.example.net") && err.contains("idp_clusters"),
+            "{err}"
+        );
+        assert_eq!(s.poll(&c, 2), Ok(None));
+        let c2 = cfg(serde_json::json!({"idp_clusters": {"keys.example.net": "keys"}}));
+        let (_, call, _) = s.poll(&c2, 61).unwrap().unwrap();
+        assert_eq!(call.cluster, "keys");
+    }
+
+    #[test]
+    fn forced_jwks_fetch_is_rate_limited() {
+        let mut s = IdpState::default();
+        assert!(s.take_forced_jwks(100));
+        assert!(!s.take_forced_jwks(100 + FORCED_JWKS_INTERVAL_SECS - 1));
+        assert!(s.take_forced_jwks(100 + FORCED_JWKS_INTERVAL_SECS));
+    }
+
+    #[test]
+    fn static_endpoints_skip_discovery() {
+        let c = cfg(serde_json::json!({
+            "skip_oidc_discovery": true,
+            "login_url": "https://issuer.example.com/auth",
+            "redeem_url": "https://issuer.example.com/token",
+            "oidc_jwks_url": "https://issuer.example.com/keys",
+        }));
+        let mut s = IdpState::new(&c);
+        let (k, call, _) = s.poll(&c, 1).unwrap().unwrap();
+        assert_eq!((k, path(&call)), (FetchKind::Jwks, "/keys"));
     }
 }

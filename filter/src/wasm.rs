@@ -152,8 +152,13 @@ impl Root {
         let Some(cfg) = shared.config.clone() else {
             return;
         };
-        let Some((kind, callout, url)) = shared.idp.poll(&cfg, now) else {
-            return;
+        let (kind, callout, url) = match shared.idp.poll(&cfg, now) {
+            Ok(Some(fetch)) => fetch,
+            Ok(None) => return,
+            Err(why) => {
+                log(LogLevel::Error, &format!("oidc-filter: {why}"));
+                return;
+            }
         };
         match dispatch(&callout) {
             Ok(token) => {

@@ -57,6 +57,7 @@ fn browser_without_session_is_sent_to_the_authorization_endpoint() {
     assert_eq!(param(&q, "nonce").len(), 43);
     assert_eq!(param(&q, "code_challenge").len(), 43);
     assert_eq!(header(&r, "cache-control"), Some("no-store"));
+    assert_eq!(header(&r, "x-oidc-filter-reason"), Some("login_redirect"));
 
     let cookies = set_cookies(&r);
     assert_eq!(cookies.len(), 1);
