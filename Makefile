@@ -71,6 +71,10 @@ e2e: $(WASM)
 host-tests: $(WASM)
 	OIDC_FILTER_WASM=$(CURDIR)/$(WASM) cargo test -p host-tests
 
+# Deterministic cost per request kind: wasmtime fuel consumed by the real module.
+bench-host: $(WASM)
+	cargo run -q -p host-tests --bin bench-host -- $(WASM)
+
 istio-test:
 	bash istio/tests/run.sh
 
