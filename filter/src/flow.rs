@@ -236,6 +236,11 @@ pub fn is_navigation(req: &Request) -> bool {
         if a.contains("application/json") && !a.contains("text/html") {
             return false;
         }
+        // A sub-resource (image, script, style) from a browser without Sec-Fetch headers: a
+        // redirect would only pile up login cookies.
+        if !a.is_empty() && !a.contains("text/html") && !a.contains("*/*") {
+            return false;
+        }
     }
     true
 }

@@ -94,6 +94,11 @@ fn non_navigation_requests_get_401() {
             r.method = "POST".into();
             r
         },
+        {
+            let mut r = get("/logo.png");
+            r.headers = vec![("accept".into(), "image/avif,image/webp,image/png".into())];
+            r
+        },
     ];
     for req in cases {
         let r = reply(w.request(&req));
@@ -103,9 +108,14 @@ fn non_navigation_requests_get_401() {
         assert!(header(&r, "www-authenticate").is_some());
         assert!(set_cookies(&r).is_empty());
     }
-    // A navigation with Sec-Fetch-Mode: navigate is a browser.
+    // A navigation with Sec-Fetch-Mode: navigate is a browser; so is a client taking */*.
     let r = reply(w.request(&with_header(get("/x"), "sec-fetch-mode", "navigate")));
     assert_eq!(r.status, 302);
+    let mut curl = get("/x");
+    curl.headers = vec![("accept".into(), "*/*".into())];
+    assert_eq!(reply(w.request(&curl)).status, 302);
+    curl.headers.clear();
+    assert_eq!(reply(w.request(&curl)).status, 302);
 }
 
 #[test]
