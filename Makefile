@@ -4,56 +4,30 @@
 #   make test    everything CI runs
 #   make wasm    dist/oidc_filter.wasm
 #
-# The wasm build uses rustup's wasm32 target when one is installed; otherwise Debian's
-# rustc-web/cargo-web/rust-web-src with -Zbuild-std (installed on demand).
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
 
 WASM      := dist/oidc_filter.wasm
-WASM_TARGET_DIR := target/wasm
 SOURCES   := $(shell find filter/src -name '*.rs') filter/Cargo.toml Cargo.toml $(wildcard Cargo.lock)
-APT_WASM  := rustc-web cargo-web rust-web-src lld-19
+NOOP_WASM := dist/noop.wasm
 
-.PHONY: help wasm test unit lint fmt-check e2e host-tests demo bench bench-host image istio-test clean tools-wasm
+.PHONY: help wasm test unit lint fmt-check e2e host-tests demo bench bench-host image istio-test clean
 
 help:
 	@echo "make demo | make test | make wasm | make bench | make image"
 
 wasm: $(WASM)
 
-# Picks the build route: rustup's wasm32-unknown-unknown, rustup's wasm32-wasip1, or Debian's
-# rustc-web with build-std.
-$(WASM): $(SOURCES)
-	@mkdir -p dist
-	@installed="$$(rustup target list --installed 2>/dev/null || true)"; \
-	if grep -qx wasm32-unknown-unknown <<<"$$installed"; then \
-	  echo "wasm: rustup target wasm32-unknown-unknown"; \
-	  cargo build --release -p oidc-filter --target wasm32-unknown-unknown --target-dir $(WASM_TARGET_DIR); \
-	  out=$(WASM_TARGET_DIR)/wasm32-unknown-unknown/release/oidc_filter.wasm; \
-	elif grep -qx wasm32-wasip1 <<<"$$installed"; then \
-	  echo "wasm: rustup target wasm32-wasip1"; \
-	  cargo build --release -p oidc-filter --target wasm32-wasip1 --target-dir $(WASM_TARGET_DIR); \
-	  out=$(WASM_TARGET_DIR)/wasm32-wasip1/release/oidc_filter.wasm; \
-	else \
-	  echo "wasm: no rustup wasm32 target; using Debian rustc-web with -Zbuild-std"; \
-	  $(MAKE) --no-print-directory tools-wasm; \
-	  linker=$$(command -v rust-lld || command -v wasm-ld-19 || command -v wasm-ld); \
-	  RUSTC_BOOTSTRAP=1 RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc \
-	  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER=$$linker \
-	  /usr/bin/cargo build --release -p oidc-filter --target wasm32-unknown-unknown \
-	    --target-dir $(WASM_TARGET_DIR)/debian -Zbuild-std=std,panic_abort; \
-	  out=$(WASM_TARGET_DIR)/debian/wasm32-unknown-unknown/release/oidc_filter.wasm; \
-	fi; \
-	cp "$$out" $@; \
-	echo "wasm: $@ $$(stat -c %s $@) bytes"
+# filter/build-wasm.sh picks the route: rustup's wasm32 target when installed, else Debian's
+# rustc-web with -Zbuild-std; then wasm-opt -Os.
+$(WASM): $(SOURCES) filter/build-wasm.sh
+	bash filter/build-wasm.sh $@
 
-tools-wasm:
-	@if [ ! -x /usr/bin/cargo ] || [ ! -d /usr/lib/rustlib/src/rust/library ] || ! { command -v rust-lld || command -v wasm-ld-19; } >/dev/null; then \
-	  echo "installing $(APT_WASM) (apt)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_WASM) >/dev/null; \
-	fi
+# The wasm floor `make bench` compares against: a filter that does nothing.
+$(NOOP_WASM): filter/examples/noop.rs filter/Cargo.toml Cargo.toml filter/build-wasm.sh
+	bash filter/build-wasm.sh $@ --example noop
 
 unit:
 	cargo test -p oidc-filter
@@ -61,6 +35,7 @@ unit:
 lint:
 	cargo clippy -p oidc-filter --all-targets -- -D warnings
 	cargo clippy -p oidc-filter --lib --release -- -D warnings
+	cargo clippy -p host-tests --all-targets -- -D warnings
 
 fmt-check:
 	cargo fmt --all -- --check
@@ -84,6 +59,10 @@ image: $(WASM)
 
 test: fmt-check lint unit $(WASM) host-tests istio-test e2e
 	@echo "make test: all passed"
+
+# Not part of `make test`: about two minutes of load. e.g. BENCH_ARGS="--rounds 5".
+bench: $(WASM) $(NOOP_WASM)
+	bash envoy/bench/run.sh $(BENCH_ARGS)
 
 demo: $(WASM)
 	bash envoy/demo.sh

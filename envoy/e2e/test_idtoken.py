@@ -17,7 +17,7 @@ CASES = [
     # mode, status, reason
     # Control: the test OP re-signs the unchanged ID token with its real key -> accepted. So the
     # other ID-token cases fail for the one claim/header they change, not for the re-signing.
-    ("resign", 302, None),
+    ("resign", 302, "login_complete"),
     ("wrong_aud", 502, "id_token_invalid"),
     ("wrong_iss", 502, "id_token_invalid"),
     ("wrong_nonce", 502, "id_token_invalid"),

@@ -2,6 +2,8 @@
 //! bytes, the provider's metadata and keys, a callout's result) and a decision goes out as
 //! data; the wasm glue carries it out.
 
+use std::borrow::Cow;
+
 use crate::config::{Config, EmailDomains, RedirectUrl, SameSite, TokenAuthMethod};
 use crate::http::{
     form_encode, is_identity_header, query_params, valid_authority, CookieAttrs, Request,
@@ -45,9 +47,9 @@ pub struct LocalReply {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Forward {
     /// Header names to remove (first).
-    pub remove: Vec<String>,
+    pub remove: Vec<Cow<'static, str>>,
     /// Headers to set (after removal).
-    pub set: Vec<(String, String)>,
+    pub set: Vec<(Cow<'static, str>, String)>,
 }
 
 /// A login waiting for the token endpoint's answer.
@@ -260,26 +262,36 @@ fn is_our_cookie(cfg: &Config, name: &str) -> bool {
             .is_some_and(|rest| rest.starts_with("_csrf_"))
 }
 
-fn identity_headers(cfg: &Config, s: &Session, for_upstream: bool) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut push = |family: &str, name: &str, value: &str| {
-        if !value.is_empty() {
-            out.push((format!("{family}{name}"), value.to_string()));
+const FORWARDED: [&str; 3] = [
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-preferred-username",
+];
+const AUTH_REQUEST: [&str; 3] = [
+    "x-auth-request-user",
+    "x-auth-request-email",
+    "x-auth-request-preferred-username",
+];
+
+fn identity_headers(
+    cfg: &Config,
+    s: &Session,
+    for_upstream: bool,
+) -> Vec<(Cow<'static, str>, String)> {
+    let values = [&s.sub, &s.email, &s.preferred_username];
+    let mut out = Vec::with_capacity(6);
+    let mut push = |names: &[&'static str; 3]| {
+        for (name, value) in names.iter().zip(values) {
+            if !value.is_empty() {
+                out.push((Cow::Borrowed(*name), value.clone()));
+            }
         }
     };
     if cfg.pass_user_headers && for_upstream {
-        push("x-forwarded-", "user", &s.sub);
-        push("x-forwarded-", "email", &s.email);
-        push("x-forwarded-", "preferred-username", &s.preferred_username);
+        push(&FORWARDED);
     }
     if cfg.set_xauthrequest || !for_upstream {
-        push("x-auth-request-", "user", &s.sub);
-        push("x-auth-request-", "email", &s.email);
-        push(
-            "x-auth-request-",
-            "preferred-username",
-            &s.preferred_username,
-        );
+        push(&AUTH_REQUEST);
     }
     out
 }
@@ -288,20 +300,33 @@ fn identity_headers(cfg: &Config, s: &Session, for_upstream: bool) -> Vec<(Strin
 /// cookies, and with the session's identity (if any).
 fn forward(cfg: &Config, req: &Request, s: Option<&Session>) -> Forward {
     let mut f = Forward::default();
+    let mut has_cookie = false;
     for (name, _) in &req.headers {
-        if is_identity_header(name) && !f.remove.contains(name) {
-            f.remove.push(name.clone());
+        if is_identity_header(name) && !f.remove.iter().any(|r| r == name) {
+            f.remove.push(Cow::Owned(name.clone()));
         }
+        has_cookie |= name == "cookie";
     }
-    if req.cookies().any(|(k, _)| is_our_cookie(cfg, k)) {
-        let rest: Vec<String> = req
-            .cookies()
-            .filter(|(k, _)| !is_our_cookie(cfg, k))
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        f.remove.push("cookie".into());
-        if !rest.is_empty() {
-            f.set.push(("cookie".into(), rest.join("; ")));
+    if has_cookie {
+        let mut ours = false;
+        let mut rest = String::new();
+        for (k, v) in req.cookies() {
+            if is_our_cookie(cfg, k) {
+                ours = true;
+            } else {
+                if !rest.is_empty() {
+                    rest.push_str("; ");
+                }
+                rest.push_str(k);
+                rest.push('=');
+                rest.push_str(v);
+            }
+        }
+        if ours {
+            f.remove.push(Cow::Borrowed("cookie"));
+            if !rest.is_empty() {
+                f.set.push((Cow::Borrowed("cookie"), rest));
+            }
         }
     }
     if let Some(s) = s {
@@ -315,11 +340,11 @@ fn auth_endpoint(ctx: &Ctx<'_>, session: Option<&Session>) -> LocalReply {
     match session {
         Some(s) => LocalReply {
             status: 202,
-            headers: {
-                let mut h = identity_headers(ctx.config, s, false);
-                h.push(("x-oidc-filter-reason".into(), "authenticated".into()));
-                h
-            },
+            headers: identity_headers(ctx.config, s, false)
+                .into_iter()
+                .map(|(k, v)| (k.into_owned(), v))
+                .chain([("x-oidc-filter-reason".into(), "authenticated".into())])
+                .collect(),
             body: String::new(),
             reason: "authenticated",
             detail: None,

@@ -67,6 +67,12 @@ fn log(level: LogLevel, msg: &str) {
     let _ = hostcalls::log(level, msg);
 }
 
+/// Whether the host would keep a line at `level` (asked once per VM, at configure time),
+/// so that per-request lines are not even formatted when they would be dropped.
+fn enabled(min: LogLevel, level: LogLevel) -> bool {
+    level as u32 >= min as u32
+}
+
 fn now_secs() -> Option<u64> {
     hostcalls::get_current_time()
         .ok()
@@ -113,6 +119,7 @@ fn callout_result(num_headers: usize, body_size: usize) -> (Option<u32>, Vec<u8>
 struct Shared {
     config: Option<Rc<Config>>,
     idp: IdpState,
+    log_level: LogLevel,
 }
 
 /// Runs `f` with the core's view of the current config and provider; `None` before a
@@ -134,7 +141,11 @@ proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
         Box::new(Root {
-            shared: Rc::new(RefCell::new(Shared { config: None, idp: IdpState::default() })),
+            shared: Rc::new(RefCell::new(Shared {
+                config: None,
+                idp: IdpState::default(),
+                log_level: LogLevel::Trace,
+            })),
             fetches: HashMap::new(),
         })
     });
@@ -210,6 +221,7 @@ impl RootContext for Root {
         match Config::parse(&raw, &read_env) {
             Ok(cfg) => {
                 let mut shared = self.shared.borrow_mut();
+                shared.log_level = hostcalls::get_log_level().unwrap_or(LogLevel::Trace);
                 shared.idp = IdpState::new(&cfg);
                 shared.config = Some(Rc::new(cfg));
                 drop(shared);
@@ -276,11 +288,13 @@ impl Filter {
         } else {
             LogLevel::Debug
         };
-        let detail = r.detail.as_deref().unwrap_or("");
-        log(
-            level,
-            &format!("oidc-filter: {} {} {detail}", r.status, r.reason),
-        );
+        if enabled(self.shared.borrow().log_level, level) {
+            let detail = r.detail.as_deref().unwrap_or("");
+            log(
+                level,
+                &format!("oidc-filter: {} {} {detail}", r.status, r.reason),
+            );
+        }
         let headers: Vec<(&str, &str)> = r
             .headers
             .iter()
@@ -299,14 +313,15 @@ impl Filter {
     }
 
     fn request(&self) -> Option<Request> {
-        let headers = hostcalls::get_map(MapType::HttpRequestHeaders).ok()?;
+        let mut headers = hostcalls::get_map(MapType::HttpRequestHeaders).ok()?;
         let mut req = Request::default();
-        for (k, v) in &headers {
+        // Move the pseudo-headers out rather than copy them; nothing reads them from the list.
+        for (k, v) in headers.iter_mut() {
             match k.as_str() {
-                ":method" => req.method = v.clone(),
-                ":scheme" => req.scheme = v.clone(),
-                ":authority" => req.authority = v.clone(),
-                ":path" => req.path = v.clone(),
+                ":method" => req.method = std::mem::take(v),
+                ":scheme" => req.scheme = std::mem::take(v),
+                ":authority" => req.authority = std::mem::take(v),
+                ":path" => req.path = std::mem::take(v),
                 _ => {}
             }
         }

@@ -278,7 +278,7 @@ fn session_passes_with_identity_headers_and_without_forgeries_or_our_cookies() {
     let Decision::Continue(f) = w.request(&with_cookies(get("/"), &[session])) else {
         panic!()
     };
-    assert!(f.remove.contains(&"cookie".to_string()));
+    assert!(f.remove.iter().any(|r| r == "cookie"));
     assert!(!f.set.iter().any(|(k, _)| k == "cookie"));
 }
 
@@ -297,7 +297,7 @@ fn identity_headers_follow_the_options() {
         panic!()
     };
     assert!(f.set.is_empty(), "{f:?}");
-    assert!(f.remove.contains(&"x-auth-request-email".to_string()));
+    assert!(f.remove.iter().any(|r| r == "x-auth-request-email"));
 }
 
 #[test]
@@ -844,7 +844,7 @@ fn cors_preflight_passes_only_when_configured_and_without_identity() {
     let Decision::Continue(f) = w.request(&preflight()) else {
         panic!()
     };
-    assert_eq!(f.remove, vec!["x-forwarded-email".to_string()]);
+    assert_eq!(f.remove, vec!["x-forwarded-email"]);
     assert!(f.set.is_empty());
     // An OPTIONS that is not a preflight is not skipped.
     let mut r = get("/api");
