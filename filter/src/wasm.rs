@@ -80,12 +80,16 @@ fn now_secs() -> Option<u64> {
         .map(|d| d.as_secs())
 }
 
-fn dispatch(c: &Callout) -> Result<u32, String> {
-    let headers: Vec<(&str, &str)> = c
-        .headers
+/// Header pairs as the SDK's host calls take them.
+fn as_pairs(headers: &[(String, String)]) -> Vec<(&str, &str)> {
+    headers
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+        .collect()
+}
+
+fn dispatch(c: &Callout) -> Result<u32, String> {
+    let headers = as_pairs(&c.headers);
     let body = (!c.body.is_empty()).then_some(c.body.as_slice());
     hostcalls::dispatch_http_call(
         &c.cluster,
@@ -295,11 +299,7 @@ impl Filter {
                 &format!("oidc-filter: {} {} {detail}", r.status, r.reason),
             );
         }
-        let headers: Vec<(&str, &str)> = r
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let headers = as_pairs(&r.headers);
         let body = (!r.body.is_empty()).then_some(r.body.as_bytes());
         if hostcalls::send_http_response(r.status, headers, body).is_err() {
             log(LogLevel::Error, "oidc-filter: could not send a local reply");
