@@ -440,6 +440,16 @@ def header_values(headers, name):
     return [v for k, v in headers if k.lower() == name]
 
 
+def request_past_503(port, path, headers, timeout=20):
+    """request(), repeated while it answers 503 (IdP not reached yet), for up to `timeout` s."""
+    deadline = time.time() + timeout
+    while True:
+        s, h, body = request(port, path, headers)
+        if s != 503 or time.time() > deadline:
+            return s, h, body
+        time.sleep(0.2)
+
+
 def wait_ready(env, timeout=60):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -580,12 +590,7 @@ def check(env, key, reqs, mint):
             fail(f"(d) a tampered cookie got {s}")
         return "200, x-auth-request-*/x-forwarded-* set, own cookie removed; tampered cookie refused"
     if key == "e":
-        deadline = time.time() + 20
-        while True:
-            s, h, body = request(port, path, headers)
-            if s != 503 or time.time() > deadline:
-                break
-            time.sleep(0.2)
+        s, h, body = request_past_503(port, path, headers)
         loc = (header_values(h, "location") or [""])[0]
         cookies = header_values(h, "set-cookie")
         if s != 302 or not loc.startswith(f"{ISSUER}/authorize?"):
@@ -594,12 +599,7 @@ def check(env, key, reqs, mint):
             fail(f"(e) no flow cookie: {cookies}")
         return "302 to authorization endpoint with flow cookie"
     if key == "f":
-        deadline = time.time() + 20
-        while True:
-            s, h, body = request(port, path, headers)
-            if s != 503 or time.time() > deadline:
-                break
-            time.sleep(0.2)
+        s, h, body = request_past_503(port, path, headers)
         cookies = header_values(h, "set-cookie")
         name = mint["session_cookie"]["name"]
         if s != 302 or not any(c.startswith(f"{name}=1.") for c in cookies):

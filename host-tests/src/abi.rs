@@ -144,6 +144,103 @@ fn lower(k: &str) -> String {
     k.to_ascii_lowercase()
 }
 
+/// `OK` when `v` could be stored at `ptr`, else `INVALID_MEMORY_ACCESS`.
+fn store_u32(c: &mut C<'_>, ptr: i32, v: u32) -> Result<i32> {
+    Ok(if write_u32(c, ptr, v)? {
+        status::OK
+    } else {
+        status::INVALID_MEMORY_ACCESS
+    })
+}
+
+/// `OK` when `v` could be stored at `ptr`, else `INVALID_MEMORY_ACCESS`.
+fn store_u64(c: &mut C<'_>, ptr: i32, v: u64) -> Result<i32> {
+    Ok(if write_u64(c, ptr, v)? {
+        status::OK
+    } else {
+        status::INVALID_MEMORY_ACCESS
+    })
+}
+
+/// The WASI errno of a write to module memory: `SUCCESS`, or `FAULT` when out of bounds.
+fn wasi_written(ok: bool) -> i32 {
+    if ok {
+        errno::SUCCESS
+    } else {
+        errno::FAULT
+    }
+}
+
+/// Ends a getter: notes `{call} = {shown}` and hands the bytes to the module, or notes
+/// `{call} = status {s}` and returns `s`.
+fn reply_bytes(
+    c: &mut C<'_>,
+    call: String,
+    got: std::result::Result<(String, Vec<u8>), i32>,
+    ptr_out: i32,
+    size_out: i32,
+) -> Result<i32> {
+    match got {
+        Ok((shown, bytes)) => {
+            note(c, format!("  ← {call} = {shown}"));
+            return_bytes(c, &bytes, ptr_out, size_out)
+        }
+        Err(s) => {
+            note(c, format!("  ← {call} = status {s}"));
+            Ok(s)
+        }
+    }
+}
+
+/// Applies `edit` to header map `t`: `OK`, or the status when the map is not available.
+fn edit_map(c: &mut C<'_>, t: i32, edit: impl FnOnce(&mut Vec<(String, String)>)) -> Result<i32> {
+    Ok(match c.data_mut().map_mut(t) {
+        Ok(m) => {
+            edit(m);
+            status::OK
+        }
+        Err(s) => s,
+    })
+}
+
+/// Reads the header name at `key` (as is, or lower-cased) for a `proxy_*_header_map_value`
+/// call; `None` (noted) when out of bounds.
+fn read_key(c: &mut C<'_>, (ptr, len): (i32, i32), lower_case: bool) -> Result<Option<String>> {
+    let key = read_or!(c, ptr, len, None);
+    let key = String::from_utf8_lossy(&key);
+    Ok(Some(if lower_case {
+        lower(&key)
+    } else {
+        key.into_owned()
+    }))
+}
+
+/// `proxy_add_header_map_value` and `proxy_replace_header_map_value`: reads the name
+/// (lower-cased) and the value, notes the call, then lets `edit` apply them to header map `t`.
+fn set_header_value(
+    c: &mut C<'_>,
+    call: &str,
+    t: i32,
+    key: (i32, i32),
+    (vp, vl): (i32, i32),
+    edit: impl FnOnce(&mut Vec<(String, String)>, String, String),
+) -> Result<i32> {
+    let Some(key) = read_key(c, key, true)? else {
+        return Ok(status::INVALID_MEMORY_ACCESS);
+    };
+    let val = read_or!(c, vp, vl, status::INVALID_MEMORY_ACCESS);
+    let val = String::from_utf8_lossy(&val).into_owned();
+    note(
+        c,
+        format!(
+            "  ← {call}({}, {key:?}, {})",
+            map_type_name(t),
+            show(val.as_bytes())
+        ),
+    );
+    edit_map(c, t, |m| edit(m, key, val))
+}
+
 /// Every host function this fake Envoy offers, as `module::name`.
 pub fn define(linker: &mut Linker<State>) -> Result<()> {
     define_env(linker)?;
@@ -176,11 +273,7 @@ fn define_env(l: &mut Linker<State>) -> Result<()> {
     l.func_wrap(E, "proxy_get_log_level", |mut c: C<'_>, out: i32| {
         let level = c.data().log_level as u32;
         note(&mut c, format!("  ← proxy_get_log_level() = {level}"));
-        Ok(if write_u32(&mut c, out, level)? {
-            status::OK
-        } else {
-            status::INVALID_MEMORY_ACCESS
-        })
+        store_u32(&mut c, out, level)
     })?;
 
     // --- time
@@ -193,11 +286,7 @@ fn define_env(l: &mut Linker<State>) -> Result<()> {
                 &mut c,
                 format!("  ← proxy_get_current_time_nanoseconds() = {now}"),
             );
-            Ok(if write_u64(&mut c, out, now)? {
-                status::OK
-            } else {
-                status::INVALID_MEMORY_ACCESS
-            })
+            store_u64(&mut c, out, now)
         },
     )?;
     l.func_wrap(
@@ -221,37 +310,16 @@ fn define_env(l: &mut Linker<State>) -> Result<()> {
         "proxy_get_buffer_bytes",
         |mut c: C<'_>, t: i32, start: i32, max: i32, ptr_out: i32, size_out: i32| {
             let (start, max) = (start as u32 as usize, max as u32 as usize);
-            let slice = match c.data().buffer(t) {
-                Ok(b) => {
-                    let from = start.min(b.len());
-                    let to = from.saturating_add(max).min(b.len());
-                    Ok(b[from..to].to_vec())
-                }
-                Err(s) => Err(s),
-            };
-            match slice {
-                Ok(bytes) => {
-                    note(
-                        &mut c,
-                        format!(
-                            "  ← proxy_get_buffer_bytes({}, {start}, {max}) = {}",
-                            buffer_type_name(t),
-                            show(&bytes)
-                        ),
-                    );
-                    return_bytes(&mut c, &bytes, ptr_out, size_out)
-                }
-                Err(s) => {
-                    note(
-                        &mut c,
-                        format!(
-                            "  ← proxy_get_buffer_bytes({}, {start}, {max}) = status {s}",
-                            buffer_type_name(t)
-                        ),
-                    );
-                    Ok(s)
-                }
-            }
+            let got = c.data().buffer(t).map(|b| {
+                let from = start.min(b.len());
+                let to = from.saturating_add(max).min(b.len());
+                (show(&b[from..to]), b[from..to].to_vec())
+            });
+            let call = format!(
+                "proxy_get_buffer_bytes({}, {start}, {max})",
+                buffer_type_name(t)
+            );
+            reply_bytes(&mut c, call, got, ptr_out, size_out)
         },
     )?;
     l.func_wrap(
@@ -310,30 +378,9 @@ fn define_env(l: &mut Linker<State>) -> Result<()> {
         E,
         "proxy_get_header_map_pairs",
         |mut c: C<'_>, t: i32, ptr_out: i32, size_out: i32| {
-            let map = c.data().map(t).cloned();
-            match map {
-                Ok(m) => {
-                    note(
-                        &mut c,
-                        format!(
-                            "  ← proxy_get_header_map_pairs({}) = {}",
-                            map_type_name(t),
-                            show_map(&m)
-                        ),
-                    );
-                    return_bytes(&mut c, &serialize_map(&m), ptr_out, size_out)
-                }
-                Err(s) => {
-                    note(
-                        &mut c,
-                        format!(
-                            "  ← proxy_get_header_map_pairs({}) = status {s}",
-                            map_type_name(t)
-                        ),
-                    );
-                    Ok(s)
-                }
-            }
+            let got = c.data().map(t).map(|m| (show_map(m), serialize_map(m)));
+            let call = format!("proxy_get_header_map_pairs({})", map_type_name(t));
+            reply_bytes(&mut c, call, got, ptr_out, size_out)
         },
     )?;
     l.func_wrap(
@@ -349,11 +396,7 @@ fn define_env(l: &mut Linker<State>) -> Result<()> {
                 ),
             );
             match size {
-                Ok(n) => Ok(if write_u32(&mut c, size_out, n as u32)? {
-                    status::OK
-                } else {
-                    status::INVALID_MEMORY_ACCESS
-                }),
+                Ok(n) => store_u32(&mut c, size_out, n as u32),
                 Err(s) => Ok(s),
             }
         },
@@ -383,129 +426,68 @@ fn define_env(l: &mut Linker<State>) -> Result<()> {
                     show_map(&pairs)
                 ),
             );
-            match c.data_mut().map_mut(t) {
-                Ok(m) => {
-                    *m = pairs;
-                    Ok(status::OK)
-                }
-                Err(s) => Ok(s),
-            }
+            edit_map(&mut c, t, |m| *m = pairs)
         },
     )?;
     l.func_wrap(
         E,
         "proxy_get_header_map_value",
         |mut c: C<'_>, t: i32, kp: i32, kl: i32, ptr_out: i32, size_out: i32| {
-            let key = read_or!(&mut c, kp, kl, status::INVALID_MEMORY_ACCESS);
-            let key = String::from_utf8_lossy(&key).into_owned();
+            let Some(key) = read_key(&mut c, (kp, kl), false)? else {
+                return Ok(status::INVALID_MEMORY_ACCESS);
+            };
             let found = c.data().map(t).map(|m| {
                 m.iter()
                     .find(|(k, _)| k.eq_ignore_ascii_case(&key))
-                    .map(|(_, v)| v.clone())
+                    .map(|(_, v)| (show(v.as_bytes()), v.clone().into_bytes()))
             });
-            match found {
-                Ok(Some(v)) => {
-                    note(
-                        &mut c,
-                        format!(
-                            "  ← proxy_get_header_map_value({}, {key:?}) = {}",
-                            map_type_name(t),
-                            show(v.as_bytes())
-                        ),
-                    );
-                    return_bytes(&mut c, v.as_bytes(), ptr_out, size_out)
-                }
-                Ok(None) => {
-                    note(
-                        &mut c,
-                        format!(
-                            "  ← proxy_get_header_map_value({}, {key:?}) = NotFound",
-                            map_type_name(t)
-                        ),
-                    );
-                    Ok(status::NOT_FOUND)
-                }
-                Err(s) => {
-                    note(
-                        &mut c,
-                        format!(
-                            "  ← proxy_get_header_map_value({}, {key:?}) = status {s}",
-                            map_type_name(t)
-                        ),
-                    );
-                    Ok(s)
-                }
-            }
+            let call = format!("proxy_get_header_map_value({}, {key:?})", map_type_name(t));
+            let Some(got) = found.transpose() else {
+                note(&mut c, format!("  ← {call} = NotFound"));
+                return Ok(status::NOT_FOUND);
+            };
+            reply_bytes(&mut c, call, got, ptr_out, size_out)
         },
     )?;
     l.func_wrap(
         E,
         "proxy_add_header_map_value",
         |mut c: C<'_>, t: i32, kp: i32, kl: i32, vp: i32, vl: i32| {
-            let key = read_or!(&mut c, kp, kl, status::INVALID_MEMORY_ACCESS);
-            let val = read_or!(&mut c, vp, vl, status::INVALID_MEMORY_ACCESS);
-            let key = lower(&String::from_utf8_lossy(&key));
-            let val = String::from_utf8_lossy(&val).into_owned();
-            note(
-                &mut c,
-                format!(
-                    "  ← proxy_add_header_map_value({}, {key:?}, {})",
-                    map_type_name(t),
-                    show(val.as_bytes())
-                ),
-            );
-            match c.data_mut().map_mut(t) {
-                Ok(m) => {
-                    m.push((key, val));
-                    Ok(status::OK)
-                }
-                Err(s) => Ok(s),
-            }
+            let call = "proxy_add_header_map_value";
+            set_header_value(&mut c, call, t, (kp, kl), (vp, vl), |m, key, val| {
+                m.push((key, val))
+            })
         },
     )?;
     l.func_wrap(
         E,
         "proxy_replace_header_map_value",
         |mut c: C<'_>, t: i32, kp: i32, kl: i32, vp: i32, vl: i32| {
-            let key = read_or!(&mut c, kp, kl, status::INVALID_MEMORY_ACCESS);
-            let val = read_or!(&mut c, vp, vl, status::INVALID_MEMORY_ACCESS);
-            let key = lower(&String::from_utf8_lossy(&key));
-            let val = String::from_utf8_lossy(&val).into_owned();
-            note(
-                &mut c,
-                format!(
-                    "  ← proxy_replace_header_map_value({}, {key:?}, {})",
-                    map_type_name(t),
-                    show(val.as_bytes())
-                ),
-            );
-            match c.data_mut().map_mut(t) {
-                Ok(m) => {
-                    // Envoy's setCopy: the first occurrence takes the value, the others go.
-                    match m.iter().position(|(k, _)| k.eq_ignore_ascii_case(&key)) {
-                        Some(i) => {
-                            m[i] = (key.clone(), val);
-                            let mut j = 0;
-                            m.retain(|(k, _)| {
-                                let keep = j <= i || !k.eq_ignore_ascii_case(&key);
-                                j += 1;
-                                keep
-                            });
-                        }
-                        None => m.push((key, val)),
+            let call = "proxy_replace_header_map_value";
+            set_header_value(&mut c, call, t, (kp, kl), (vp, vl), |m, key, val| {
+                // Envoy's setCopy: the first occurrence takes the value, the others go.
+                match m.iter().position(|(k, _)| k.eq_ignore_ascii_case(&key)) {
+                    Some(i) => {
+                        m[i] = (key.clone(), val);
+                        let mut j = 0;
+                        m.retain(|(k, _)| {
+                            let keep = j <= i || !k.eq_ignore_ascii_case(&key);
+                            j += 1;
+                            keep
+                        });
                     }
-                    Ok(status::OK)
+                    None => m.push((key, val)),
                 }
-                Err(s) => Ok(s),
-            }
+            })
         },
     )?;
     l.func_wrap(
         E,
         "proxy_remove_header_map_value",
         |mut c: C<'_>, t: i32, kp: i32, kl: i32| {
-            let key = read_or!(&mut c, kp, kl, status::INVALID_MEMORY_ACCESS);
-            let key = String::from_utf8_lossy(&key).into_owned();
+            let Some(key) = read_key(&mut c, (kp, kl), false)? else {
+                return Ok(status::INVALID_MEMORY_ACCESS);
+            };
             note(
                 &mut c,
                 format!(
@@ -513,13 +495,9 @@ fn define_env(l: &mut Linker<State>) -> Result<()> {
                     map_type_name(t)
                 ),
             );
-            match c.data_mut().map_mut(t) {
-                Ok(m) => {
-                    m.retain(|(k, _)| !k.eq_ignore_ascii_case(&key));
-                    Ok(status::OK)
-                }
-                Err(s) => Ok(s),
-            }
+            edit_map(&mut c, t, |m| {
+                m.retain(|(k, _)| !k.eq_ignore_ascii_case(&key))
+            })
         },
     )?;
 
@@ -636,11 +614,7 @@ fn define_env(l: &mut Linker<State>) -> Result<()> {
                 &mut c,
                 format!("  ← proxy_register_shared_queue({name:?}) = {id}"),
             );
-            Ok(if write_u32(&mut c, id_out, id)? {
-                status::OK
-            } else {
-                status::INVALID_MEMORY_ACCESS
-            })
+            store_u32(&mut c, id_out, id)
         },
     )?;
     l.func_wrap(
@@ -656,11 +630,7 @@ fn define_env(l: &mut Linker<State>) -> Result<()> {
                 format!("  ← proxy_resolve_shared_queue({name:?}) = {id:?}"),
             );
             match id {
-                Some(i) => Ok(if write_u32(&mut c, id_out, i as u32 + 1)? {
-                    status::OK
-                } else {
-                    status::INVALID_MEMORY_ACCESS
-                }),
+                Some(i) => store_u32(&mut c, id_out, i as u32 + 1),
                 None => Ok(status::NOT_FOUND),
             }
         },
@@ -846,11 +816,7 @@ fn define_env(l: &mut Linker<State>) -> Result<()> {
             );
             st.callouts.push(PendingCallout { callout, deadline });
             note(&mut c, line);
-            Ok(if write_u32(&mut c, token_out, token)? {
-                status::OK
-            } else {
-                status::INVALID_MEMORY_ACCESS
-            })
+            store_u32(&mut c, token_out, token)
         },
     )?;
 
@@ -978,11 +944,7 @@ fn define_env(l: &mut Linker<State>) -> Result<()> {
                 &mut c,
                 format!("  ← proxy_define_metric({kind:?}, {name:?}) = {id}"),
             );
-            Ok(if write_u32(&mut c, id_out, id)? {
-                status::OK
-            } else {
-                status::INVALID_MEMORY_ACCESS
-            })
+            store_u32(&mut c, id_out, id)
         },
     )?;
     l.func_wrap(
@@ -1025,11 +987,7 @@ fn define_env(l: &mut Linker<State>) -> Result<()> {
         let v = c.data().metrics.get(idx).map(|m| m.value);
         note(&mut c, format!("  ← proxy_get_metric({id}) = {v:?}"));
         match v {
-            Some(v) => Ok(if write_u64(&mut c, out, v)? {
-                status::OK
-            } else {
-                status::INVALID_MEMORY_ACCESS
-            }),
+            Some(v) => store_u64(&mut c, out, v),
             None => Ok(status::NOT_FOUND),
         }
     })?;
@@ -1060,11 +1018,7 @@ fn define_wasi(l: &mut Linker<State>) -> Result<()> {
         let mut buf = vec![0u8; n];
         c.data_mut().rng.fill_bytes(&mut buf);
         note(&mut c, format!("  ← random_get({n})"));
-        Ok(if write(&mut c, ptr, &buf)? {
-            errno::SUCCESS
-        } else {
-            errno::FAULT
-        })
+        Ok(wasi_written(write(&mut c, ptr, &buf)?))
     })?;
     l.func_wrap(
         W,
@@ -1077,19 +1031,11 @@ fn define_wasi(l: &mut Linker<State>) -> Result<()> {
                 _ => return Ok(errno::NOTSUP),
             };
             note(&mut c, format!("  ← clock_time_get({id}) = {t}"));
-            Ok(if write_u64(&mut c, out, t)? {
-                errno::SUCCESS
-            } else {
-                errno::FAULT
-            })
+            Ok(wasi_written(write_u64(&mut c, out, t)?))
         },
     )?;
     l.func_wrap(W, "clock_res_get", |mut c: C<'_>, _id: i32, out: i32| {
-        Ok(if write_u64(&mut c, out, 1)? {
-            errno::SUCCESS
-        } else {
-            errno::FAULT
-        })
+        Ok(wasi_written(write_u64(&mut c, out, 1)?))
     })?;
     l.func_wrap(
         W,
@@ -1124,11 +1070,11 @@ fn define_wasi(l: &mut Linker<State>) -> Result<()> {
                 st.logs.push(LogLine { level, message });
             }
             note(&mut c, format!("  ← fd_write({fd}, {})", show(&data)));
-            Ok(if write_u32(&mut c, written_out, data.len() as u32)? {
-                errno::SUCCESS
-            } else {
-                errno::FAULT
-            })
+            Ok(wasi_written(write_u32(
+                &mut c,
+                written_out,
+                data.len() as u32,
+            )?))
         },
     )?;
     l.func_wrap(
@@ -1150,11 +1096,7 @@ fn define_wasi(l: &mut Linker<State>) -> Result<()> {
         let mut stat = [0u8; 24];
         stat[0] = 2;
         stat[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
-        Ok(if write(&mut c, out, &stat)? {
-            errno::SUCCESS
-        } else {
-            errno::FAULT
-        })
+        Ok(wasi_written(write(&mut c, out, &stat)?))
     })?;
     l.func_wrap(W, "fd_prestat_get", |_c: C<'_>, _fd: i32, _out: i32| {
         Ok(errno::BADF)
@@ -1187,15 +1129,9 @@ fn define_wasi(l: &mut Linker<State>) -> Result<()> {
                 &mut c,
                 format!("  ← environ_sizes_get() = {} vars, {size} bytes", env.len()),
             );
-            Ok(
-                if write_u32(&mut c, count_out, env.len() as u32)?
-                    && write_u32(&mut c, size_out, size as u32)?
-                {
-                    errno::SUCCESS
-                } else {
-                    errno::FAULT
-                },
-            )
+            let ok = write_u32(&mut c, count_out, env.len() as u32)?
+                && write_u32(&mut c, size_out, size as u32)?;
+            Ok(wasi_written(ok))
         },
     )?;
     l.func_wrap(W, "environ_get", |mut c: C<'_>, ptrs: i32, buf: i32| {
@@ -1217,13 +1153,8 @@ fn define_wasi(l: &mut Linker<State>) -> Result<()> {
         W,
         "args_sizes_get",
         |mut c: C<'_>, count_out: i32, size_out: i32| {
-            Ok(
-                if write_u32(&mut c, count_out, 0)? && write_u32(&mut c, size_out, 0)? {
-                    errno::SUCCESS
-                } else {
-                    errno::FAULT
-                },
-            )
+            let ok = write_u32(&mut c, count_out, 0)? && write_u32(&mut c, size_out, 0)?;
+            Ok(wasi_written(ok))
         },
     )?;
     l.func_wrap(W, "args_get", |_c: C<'_>, _: i32, _: i32| {

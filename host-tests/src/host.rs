@@ -104,12 +104,16 @@ impl StartError {
 
     /// All log messages, one per line.
     pub fn log_text(&self) -> String {
-        self.logs()
-            .iter()
-            .map(|l| l.message.as_str())
-            .collect::<Vec<_>>()
-            .join("\n")
+        join_messages(self.logs())
     }
+}
+
+/// The messages of `logs`, one per line.
+fn join_messages(logs: &[LogLine]) -> String {
+    logs.iter()
+        .map(|l| l.message.as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 impl fmt::Display for StartError {
@@ -132,14 +136,7 @@ impl fmt::Display for StartError {
                 transcript,
             } => {
                 writeln!(f, "{callback} returned false; plugin logs:")?;
-                for l in logs {
-                    writeln!(f, "  {l}")?;
-                }
-                writeln!(f, "transcript:")?;
-                for t in transcript {
-                    writeln!(f, "{t}")?;
-                }
-                Ok(())
+                write_logs_and_transcript(f, logs, transcript)
             }
             StartError::Trap {
                 message,
@@ -147,17 +144,26 @@ impl fmt::Display for StartError {
                 transcript,
             } => {
                 writeln!(f, "the module trapped while starting: {message}")?;
-                for l in logs {
-                    writeln!(f, "  {l}")?;
-                }
-                writeln!(f, "transcript:")?;
-                for t in transcript {
-                    writeln!(f, "{t}")?;
-                }
-                Ok(())
+                write_logs_and_transcript(f, logs, transcript)
             }
         }
     }
+}
+
+/// The plugin's log lines (indented), then the transcript, as a start error shows them.
+fn write_logs_and_transcript(
+    f: &mut fmt::Formatter<'_>,
+    logs: &[LogLine],
+    transcript: &[String],
+) -> fmt::Result {
+    for l in logs {
+        writeln!(f, "  {l}")?;
+    }
+    writeln!(f, "transcript:")?;
+    for t in transcript {
+        writeln!(f, "{t}")?;
+    }
+    Ok(())
 }
 
 impl fmt::Debug for StartError {
@@ -600,38 +606,30 @@ impl Host {
             let has_body = !s.request_body.is_empty();
             let has_trailers = !s.request_trailers.is_empty();
             let resp_body = !s.response_body.is_empty();
+            // What follows the request body (or the headers, when there is no body).
+            let after_body = if has_trailers {
+                Step::RequestTrailers
+            } else {
+                Step::Upstream
+            };
             let action = match s.next {
                 Step::RequestHeaders => {
                     let next = if has_body {
                         Step::RequestBody
-                    } else if has_trailers {
-                        Step::RequestTrailers
                     } else {
-                        Step::Upstream
+                        after_body
                     };
-                    self.set_stream(id, |s| s.next = next);
-                    let n = s.request_headers.len() as i32;
-                    let eos = i32::from(!has_body && !has_trailers);
-                    self.stream_call("proxy_on_request_headers", (id as i32, n, eos), id)
+                    let (n, eos) = (s.request_headers.len(), !has_body && !has_trailers);
+                    self.step(id, next, "proxy_on_request_headers", n, eos)
                 }
                 Step::RequestBody => {
-                    let next = if has_trailers {
-                        Step::RequestTrailers
-                    } else {
-                        Step::Upstream
-                    };
-                    self.set_stream(id, |s| s.next = next);
-                    let n = s.request_body.len() as i32;
-                    self.stream_call(
-                        "proxy_on_request_body",
-                        (id as i32, n, i32::from(!has_trailers)),
-                        id,
-                    )
+                    let n = s.request_body.len();
+                    self.step(id, after_body, "proxy_on_request_body", n, !has_trailers)
                 }
                 Step::RequestTrailers => {
                     self.set_stream(id, |s| s.next = Step::Upstream);
                     let n = s.request_trailers.len() as i32;
-                    self.stream_call2("proxy_on_request_trailers", (id as i32, n), id)
+                    self.stream_call("proxy_on_request_trailers", (id as i32, n), id)
                 }
                 Step::Upstream => {
                     self.set_stream(id, |s| {
@@ -650,18 +648,12 @@ impl Host {
                     } else {
                         Step::Complete
                     };
-                    self.set_stream(id, |s| s.next = next);
-                    let n = s.response_headers.len() as i32;
-                    self.stream_call(
-                        "proxy_on_response_headers",
-                        (id as i32, n, i32::from(!resp_body)),
-                        id,
-                    )
+                    let n = s.response_headers.len();
+                    self.step(id, next, "proxy_on_response_headers", n, !resp_body)
                 }
                 Step::ResponseBody => {
-                    self.set_stream(id, |s| s.next = Step::Complete);
-                    let n = s.response_body.len() as i32;
-                    self.stream_call("proxy_on_response_body", (id as i32, n, 1), id)
+                    let n = s.response_body.len();
+                    self.step(id, Step::Complete, "proxy_on_response_body", n, true)
                 }
                 Step::Complete => {
                     self.finish(id);
@@ -687,18 +679,21 @@ impl Host {
         }
     }
 
+    /// Moves stream `id` on to `next` and calls `name(id, n, end_of_stream)`: the action.
     #[track_caller]
-    fn stream_call(&mut self, name: &str, params: (i32, i32, i32), id: u32) -> i32 {
-        self.store.data_mut().phase = Phase::Stream;
-        let r = self.call::<(i32, i32, i32), i32>(name, params, id);
-        self.store.data_mut().phase = Phase::Idle;
-        self.must(r).unwrap_or(0)
+    fn step(&mut self, id: u32, next: Step, name: &str, n: usize, end_of_stream: bool) -> i32 {
+        self.set_stream(id, |s| s.next = next);
+        let params = (id as i32, n as i32, i32::from(end_of_stream));
+        self.stream_call(name, params, id)
     }
 
     #[track_caller]
-    fn stream_call2(&mut self, name: &str, params: (i32, i32), id: u32) -> i32 {
+    fn stream_call<P>(&mut self, name: &str, params: P, id: u32) -> i32
+    where
+        P: WasmParams + fmt::Debug,
+    {
         self.store.data_mut().phase = Phase::Stream;
-        let r = self.call::<(i32, i32), i32>(name, params, id);
+        let r = self.call::<P, i32>(name, params, id);
         self.store.data_mut().phase = Phase::Idle;
         self.must(r).unwrap_or(0)
     }
@@ -922,11 +917,7 @@ impl Host {
 
     /// Log messages so far, one per line.
     pub fn log_text(&self) -> String {
-        self.logs()
-            .iter()
-            .map(|l| l.message.as_str())
-            .collect::<Vec<_>>()
-            .join("\n")
+        join_messages(self.logs())
     }
 
     /// Forgets the log lines so far (the transcript keeps them).

@@ -87,15 +87,11 @@ fn token_endpoint_errors() {
 fn token_endpoint_timeout() {
     let mut host = ready_host(json!({}));
     let login = begin_login(&mut host, browser("/app"));
-    let c = host
-        .request(callback_request(&login, "code-1"))
-        .expect_paused();
+    let c = callback_paused(&mut host, &login, "code-1");
     assert_reply(host.timeout(c[0].token), 502, "token_request_failed");
     // The same through the clock: the callout's deadline passes.
     let login = begin_login(&mut host, browser("/app"));
-    let c = host
-        .request(callback_request(&login, "code-2"))
-        .expect_paused();
+    let c = callback_paused(&mut host, &login, "code-2");
     assert_eq!(c[0].timeout, Duration::from_secs(5));
     let outs = host.advance(Duration::from_secs(6));
     assert_eq!(outs.len(), 1, "{outs:#?}");
@@ -281,9 +277,7 @@ fn email_rules() {
 fn unknown_kid_refetches_the_jwks_then_accepts() {
     let mut host = ready_host(json!({}));
     let login = begin_login(&mut host, browser("/app"));
-    let c = host
-        .request(callback_request(&login, "code-1"))
-        .expect_paused();
+    let c = callback_paused(&mut host, &login, "code-1");
     let now = host.now_secs();
     // The provider rotated to key 1 since we loaded the JWKS.
     let out = host.respond(
@@ -305,9 +299,7 @@ fn unknown_kid_refetches_the_jwks_then_accepts() {
 fn unknown_kid_still_unknown_after_refetch_is_refused_and_rate_limited() {
     let mut host = ready_host(json!({}));
     let login = begin_login(&mut host, browser("/app"));
-    let c = host
-        .request(callback_request(&login, "code-1"))
-        .expect_paused();
+    let c = callback_paused(&mut host, &login, "code-1");
     let now = host.now_secs();
     let forged = token_response(&id_token(key(2), &claims(now, &login.nonce)));
     let pending = host.respond(c[0].token, 200, &[], &forged).expect_paused();
@@ -318,9 +310,7 @@ fn unknown_kid_still_unknown_after_refetch_is_refused_and_rate_limited() {
     );
     // A second unknown kid right after: no second refetch (rate limit), refused at once.
     let login = begin_login(&mut host, browser("/app"));
-    let c = host
-        .request(callback_request(&login, "code-2"))
-        .expect_paused();
+    let c = callback_paused(&mut host, &login, "code-2");
     let forged = token_response(&id_token(key(2), &claims(now, &login.nonce)));
     assert_reply(
         host.respond(c[0].token, 200, &[], forged),
@@ -329,22 +319,9 @@ fn unknown_kid_still_unknown_after_refetch_is_refused_and_rate_limited() {
     );
     // JWKS refetch failing: refused too.
     host.advance(Duration::from_secs(31));
-    for c in host.pending_callouts() {
-        host.respond(
-            c.token,
-            200,
-            &[],
-            if c.path() == "/jwks" {
-                jwks(&[key(0)])
-            } else {
-                discovery()
-            },
-        );
-    }
+    serve_refresh(&mut host, &[key(0)]);
     let login = begin_login(&mut host, browser("/app"));
-    let c = host
-        .request(callback_request(&login, "code-3"))
-        .expect_paused();
+    let c = callback_paused(&mut host, &login, "code-3");
     let now = host.now_secs();
     let forged = token_response(&id_token(key(2), &claims(now, &login.nonce)));
     let pending = host.respond(c[0].token, 200, &[], &forged).expect_paused();
@@ -425,7 +402,7 @@ fn callback_without_a_valid_flow() {
         host.pending_callouts()
     );
     // The genuine callback still works afterwards.
-    let c = host.request(callback_request(&login, "c")).expect_paused();
+    let c = callback_paused(&mut host, &login, "c");
     assert_eq!(c.len(), 1);
 }
 
@@ -434,18 +411,7 @@ fn flow_cookie_expires_after_ten_minutes() {
     let mut host = ready_host(json!({}));
     let login = begin_login(&mut host, browser("/app"));
     host.advance(Duration::from_secs(601));
-    for c in host.pending_callouts() {
-        host.respond(
-            c.token,
-            200,
-            &[],
-            if c.path() == "/jwks" {
-                jwks(&[key(0)])
-            } else {
-                discovery()
-            },
-        );
-    }
+    serve_refresh(&mut host, &[key(0)]);
     assert_reply(
         host.request(callback_request(&login, "c")),
         403,
@@ -458,39 +424,24 @@ fn two_logins_in_flight_are_kept_apart() {
     let mut host = ready_host(json!({}));
     let a = begin_login(&mut host, browser("/a"));
     let b = begin_login(&mut host, browser("/b"));
-    let ca = host.request(callback_request(&a, "ca")).expect_paused();
-    let cb = host.request(callback_request(&b, "cb")).expect_paused();
+    let ca = callback_paused(&mut host, &a, "ca");
+    let cb = callback_paused(&mut host, &b, "cb");
     assert_eq!(host.open_streams().len(), 2);
     let now = host.now_secs();
     // Answer in the opposite order.
     let rb = host
-        .respond(
-            cb[0].token,
-            200,
-            &[],
-            token_response(&id_token(key(0), &claims(now, &b.nonce))),
-        )
+        .respond(cb[0].token, 200, &[], good_token(now, &b.nonce))
         .expect_reply();
     assert_eq!(rb.header("location"), Some("/b"));
     let ra = host
-        .respond(
-            ca[0].token,
-            200,
-            &[],
-            token_response(&id_token(key(0), &claims(now, &a.nonce))),
-        )
+        .respond(ca[0].token, 200, &[], good_token(now, &a.nonce))
         .expect_reply();
     assert_eq!(ra.header("location"), Some("/a"));
     // Answers cross-wired (a's code with b's nonce) fail.
     let a = begin_login(&mut host, browser("/a"));
     let b = begin_login(&mut host, browser("/b"));
-    let ca = host.request(callback_request(&a, "ca")).expect_paused();
-    let out = host.respond(
-        ca[0].token,
-        200,
-        &[],
-        token_response(&id_token(key(0), &claims(now, &b.nonce))),
-    );
+    let ca = callback_paused(&mut host, &a, "ca");
+    let out = host.respond(ca[0].token, 200, &[], good_token(now, &b.nonce));
     assert!(
         matches!(out, Outcome::Replied { status: 502, .. }),
         "{out:#?}"
@@ -501,7 +452,7 @@ fn two_logins_in_flight_are_kept_apart() {
 fn client_gone_while_waiting_for_the_token_endpoint() {
     let mut host = ready_host(json!({}));
     let a = begin_login(&mut host, browser("/a"));
-    let c = host.request(callback_request(&a, "ca")).expect_paused();
+    let c = callback_paused(&mut host, &a, "ca");
     host.abandon(c[0].context_id);
     assert!(
         host.pending_callouts().is_empty(),
@@ -510,15 +461,10 @@ fn client_gone_while_waiting_for_the_token_endpoint() {
     assert!(host.open_streams().is_empty());
     // The plugin carries on.
     let b = begin_login(&mut host, browser("/b"));
-    let c = host.request(callback_request(&b, "cb")).expect_paused();
+    let c = callback_paused(&mut host, &b, "cb");
     let now = host.now_secs();
     let r = host
-        .respond(
-            c[0].token,
-            200,
-            &[],
-            token_response(&id_token(key(0), &claims(now, &b.nonce))),
-        )
+        .respond(c[0].token, 200, &[], good_token(now, &b.nonce))
         .expect_reply();
     assert_eq!(r.status, 302);
 }

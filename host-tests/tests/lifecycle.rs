@@ -280,9 +280,7 @@ fn failed_refresh_keeps_the_old_keys() {
     for c in host.pending_callouts() {
         host.respond(c.token, 503, &[], "down");
     }
-    let (_, out) = login_with_response(&mut host, "/app", 200, |l, now| {
-        token_response(&id_token(key(0), &claims(now, &l.nonce)))
-    });
+    let (_, out) = login_with_response(&mut host, "/app", 200, |l, now| good_token(now, &l.nonce));
     assert_eq!(out.status(), Some(302), "{out:#?}");
 }
 

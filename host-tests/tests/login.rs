@@ -67,7 +67,7 @@ fn api_clients_get_401() {
 fn full_login_sets_the_session_and_returns_to_the_original_url() {
     let mut host = ready_host(json!({}));
     let (login, out) = login_with_response(&mut host, "/app/page?q=1", 200, |l, now| {
-        token_response(&id_token(key(0), &claims(now, &l.nonce)))
+        good_token(now, &l.nonce)
     });
     let r = out.expect_reply();
     assert_eq!(r.status, 302, "{r:#?}");
@@ -174,12 +174,7 @@ fn cookie_attributes_follow_the_config() {
     let c = host.request(req).expect_paused();
     let now = host.now_secs();
     let r = host
-        .respond(
-            c[0].token,
-            200,
-            &[],
-            token_response(&id_token(key(0), &claims(now, &nonce))),
-        )
+        .respond(c[0].token, 200, &[], good_token(now, &nonce))
         .expect_reply();
     let s = set_cookies(&r.headers)
         .into_iter()
@@ -200,7 +195,7 @@ fn start_endpoint_and_sign_out() {
     assert_eq!(r.status, 302);
     let (_, out) =
         login_with_response(&mut host, "/oauth2/start?rd=%2Fdashboard", 200, |l, now| {
-            token_response(&id_token(key(0), &claims(now, &l.nonce)))
+            good_token(now, &l.nonce)
         });
     let r = out.expect_reply();
     assert_eq!(r.header("location"), Some("/dashboard"));

@@ -32,7 +32,7 @@ fn after_start(host: &mut host_tests::Host, rd: &str) -> String {
         host,
         &format!("/oauth2/start?rd={}", enc(rd)),
         200,
-        |l, now| token_response(&id_token(key(0), &claims(now, &l.nonce))),
+        |l, now| good_token(now, &l.nonce),
     );
     let r = out.expect_reply();
     assert_eq!(r.status, 302, "{r:#?}");
@@ -98,9 +98,8 @@ fn whitelisted_domains() {
 fn original_url_with_a_protocol_relative_path_returns_home() {
     let mut host = ready_host(json!({}));
     for path in ["//evil.example", "//evil.example/x?y", "/\\evil.example"] {
-        let (_, out) = login_with_response(&mut host, path, 200, |l, now| {
-            token_response(&id_token(key(0), &claims(now, &l.nonce)))
-        });
+        let (_, out) =
+            login_with_response(&mut host, path, 200, |l, now| good_token(now, &l.nonce));
         let r = out.expect_reply();
         assert_eq!(
             r.header("location"),
@@ -110,7 +109,7 @@ fn original_url_with_a_protocol_relative_path_returns_home() {
     }
     // A plain path with a query comes back as it was.
     let (_, out) = login_with_response(&mut host, "/a/b?c=d&e=%2F%2F", 200, |l, now| {
-        token_response(&id_token(key(0), &claims(now, &l.nonce)))
+        good_token(now, &l.nonce)
     });
     assert_eq!(
         out.expect_reply().header("location"),

@@ -40,7 +40,7 @@ fn endpoints_on_other_hosts_use_idp_clusters() {
     );
     host.respond(j.token, 200, &[], jwks(&[key(0)]));
     let login = begin_login(&mut host, browser("/app"));
-    let c = host.request(callback_request(&login, "c")).expect_paused();
+    let c = callback_paused(&mut host, &login, "c");
     assert_eq!(
         (c[0].cluster.as_str(), c[0].authority(), c[0].path()),
         ("login", "login.example.net:8443", "/oauth/token")

@@ -95,14 +95,7 @@ fn expired_session_starts_a_new_login() {
 /// Answers any refresh the timer started with the same metadata and keys.
 fn serve_pending(host: &mut host_tests::Host) {
     for _ in 0..3 {
-        for c in host.pending_callouts() {
-            let body = if c.path() == "/jwks" {
-                jwks(&[key(0)])
-            } else {
-                discovery()
-            };
-            host.respond(c.token, 200, &[], body);
-        }
+        serve_refresh(host, &[key(0)]);
     }
 }
 
@@ -138,9 +131,7 @@ fn rotated_secret_still_accepted() {
     refused(only_b.request(browser("/").cookie(COOKIE, &from_old)));
     // A login begun before the rotation completes after it.
     let login_old = begin_login(&mut old, browser("/app"));
-    let c = new
-        .request(callback_request(&login_old, "c"))
-        .expect_paused();
+    let c = callback_paused(&mut new, &login_old, "c");
     check_token_request(&c[0], &login_old, "c");
 }
 

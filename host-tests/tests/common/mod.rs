@@ -117,6 +117,11 @@ pub fn token_response(id_token: &str) -> String {
     .to_string()
 }
 
+/// A token response with a good ID token (key 0) issued at `now` for `nonce`.
+pub fn good_token(now: u64, nonce: &str) -> String {
+    token_response(&id_token(key(0), &claims(now, nonce)))
+}
+
 // ---------------------------------------------------------------- config and start
 
 /// The plugin configuration with `extra` merged in (a `null` value removes a key).
@@ -176,6 +181,19 @@ pub fn serve_discovery_and_jwks(host: &mut Host, keys: &[&RsaKey]) {
         "nothing else pending once ready: {:#?}",
         host.pending_callouts()
     );
+}
+
+/// Answers every pending callout of a refresh: the JWKS with `keys`, the rest with the
+/// discovery document.
+pub fn serve_refresh(host: &mut Host, keys: &[&RsaKey]) {
+    for c in host.pending_callouts() {
+        let body = if c.path() == "/jwks" {
+            jwks(keys)
+        } else {
+            discovery()
+        };
+        host.respond(c.token, 200, &[], body);
+    }
 }
 
 /// The single pending callout, which must be a GET of `path` to the IdP.
@@ -350,6 +368,13 @@ pub fn callback_request(login: &Login, code: &str) -> Request {
         .cookie(&login.flow_cookie.name, &login.flow_cookie.value)
 }
 
+/// Sends the callback of `login` with `code`; expects it paused on callouts (the token
+/// request), which it returns.
+#[track_caller]
+pub fn callback_paused(host: &mut Host, login: &Login, code: &str) -> Vec<Callout> {
+    host.request(callback_request(login, code)).expect_paused()
+}
+
 /// Checks the token request (RFC 6749 §4.1.3 + PKCE) and returns it.
 #[track_caller]
 pub fn check_token_request(c: &Callout, login: &Login, code: &str) {
@@ -403,9 +428,7 @@ pub fn login_with_response(
     body: impl Fn(&Login, u64) -> String,
 ) -> (Login, Outcome) {
     let login = begin_login(host, browser(path));
-    let callouts = host
-        .request(callback_request(&login, "code-1"))
-        .expect_paused();
+    let callouts = callback_paused(host, &login, "code-1");
     assert_eq!(callouts.len(), 1, "one token request: {callouts:#?}");
     check_token_request(&callouts[0], &login, "code-1");
     let now = host.now_secs();
@@ -420,9 +443,7 @@ pub fn login_with_response(
 
 /// A full login with a good ID token; returns the session cookie (name, value).
 pub fn login(host: &mut Host) -> (String, String) {
-    let (_, out) = login_with_response(host, "/app", 200, |l, now| {
-        token_response(&id_token(key(0), &claims(now, &l.nonce)))
-    });
+    let (_, out) = login_with_response(host, "/app", 200, |l, now| good_token(now, &l.nonce));
     let r = out.expect_reply();
     assert_eq!(r.status, 302, "login complete: {r:#?}");
     assert_eq!(r.header("location"), Some("/app"));
