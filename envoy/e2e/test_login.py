@@ -1,8 +1,10 @@
 """End-to-end: Envoy + oidc-filter wasm + oidc-provider + demo upstream, scripted login (no browser)."""
 
 import glob
+import json
 import re
 import os
+import socket
 import subprocess
 import urllib.parse as up
 
@@ -148,6 +150,43 @@ def test_forged_identity_headers_never_reach_upstream(envoy, session):
     assert v["hdict"]["x-auth-request-email"] == ["alice@example.com"]
     names = {k for k, _ in seen}
     assert not any("_" in n and ("email" in n or "user" in n) for n in names), names
+
+
+def raw_get(envoy, path, headers):
+    """One HTTP/1.1 GET with header bytes exactly as given; returns (status, body bytes)."""
+    req = b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+    req += b"".join(k + b": " + v + b"\r\n" for k, v in headers) + b"\r\n"
+    with socket.create_connection(("127.0.0.1", envoy.port), timeout=5) as s:
+        s.sendall(req)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def test_header_values_that_are_not_utf8(envoy, session):
+    """Header values may hold any byte but controls (obs-text, RFC 9110 5.5). One must not
+    fail the request or the filter, and it reaches the upstream byte for byte."""
+    h.login_ok(session, envoy, "/")
+    ours = session.cookies.get("_oauth2_proxy").encode()
+    accept = (b"Accept", b"application/json")
+    status, _ = raw_get(envoy, "/latin1", [accept, (b"X-Note", b"caf\xe9")])
+    assert status == 401
+    status, body = raw_get(envoy, "/latin1", [
+        accept,
+        (b"X-Note", b"caf\xe9 \xff"),
+        (b"Cookie", b"pref=d\xe9j\xe0; _oauth2_proxy=" + ours + b"; x=1"),
+    ])
+    assert status == 200, body[:200]
+    seen = json.loads(body)
+    hdict = dict(seen["headers"])  # the upstream reads header bytes as Latin-1
+    assert hdict["x-note"] == "caf\xe9 \xff"
+    assert hdict["cookie"] == "pref=d\xe9j\xe0; x=1"
+    assert seen["identity"]["x-forwarded-email"] == "alice@example.com"
+    # The filter still answers every request afterwards.
+    v = h.upstream_view(h.get_json(session, envoy, "/after-latin1"))
+    assert v["identity"]["x-forwarded-email"] == "alice@example.com"
 
 
 def test_forged_headers_without_session_are_refused(envoy, session):

@@ -6,7 +6,8 @@ use std::borrow::Cow;
 
 use crate::config::{Config, EmailDomains, RedirectUrl, SameSite, TokenAuthMethod};
 use crate::http::{
-    form_encode, is_identity_header, query_params, valid_authority, CookieAttrs, Request,
+    form_encode, is_identity_header, query_params, strip_cookies, valid_authority, CookieAttrs,
+    Request,
 };
 use crate::oidc::{self, Expected, IdTokenError, Identity, KeySet, Provider};
 use crate::redirect::validate_return_url;
@@ -46,10 +47,72 @@ pub struct LocalReply {
 /// What to do to a request that goes on upstream.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Forward {
-    /// Header names to remove (first).
+    /// Header names to remove.
     pub remove: Vec<Cow<'static, str>>,
-    /// Headers to set (after removal).
+    /// Headers to set, replacing any of the same name.
     pub set: Vec<(Cow<'static, str>, String)>,
+    /// Take our cookies out of every `Cookie` header (dropping a header left empty).
+    pub strip_cookies: bool,
+}
+
+impl Forward {
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty() && !self.strip_cookies
+    }
+}
+
+/// One change to the request header map, as the proxy-wasm ABI makes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderOp<'a> {
+    /// Remove every header of this name.
+    Remove(&'a [u8]),
+    /// Remove every header of this name, then add this one.
+    Replace(&'a [u8], Cow<'a, [u8]>),
+    /// Add a header, keeping those of the same name.
+    Add(&'a [u8], Cow<'a, [u8]>),
+}
+
+/// The host calls that carry out `fwd` on `raw` (the proxy's request headers, as read). Each
+/// call costs a crossing into the host, so there is one per header touched and none for the
+/// rest; headers left alone keep their exact bytes.
+pub fn header_ops<'a>(
+    cfg: &Config,
+    raw: &[(&'a [u8], &'a [u8])],
+    fwd: &'a Forward,
+) -> Vec<HeaderOp<'a>> {
+    let mut ops = Vec::with_capacity(fwd.remove.len() + fwd.set.len() + 1);
+    for name in &fwd.remove {
+        if !fwd.set.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            ops.push(HeaderOp::Remove(name.as_bytes()));
+        }
+    }
+    if fwd.strip_cookies {
+        let mut count = 0;
+        let mut kept = Vec::new();
+        for (_, v) in raw
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(b"cookie"))
+        {
+            count += 1;
+            kept.extend(strip_cookies(v, |n| is_our_cookie(cfg, n)));
+        }
+        if count == 1 && kept.len() == 1 {
+            ops.extend(
+                kept.pop()
+                    .map(|v| HeaderOp::Replace(b"cookie", Cow::Owned(v))),
+            );
+        } else {
+            ops.push(HeaderOp::Remove(b"cookie"));
+            ops.extend(
+                kept.into_iter()
+                    .map(|v| HeaderOp::Add(b"cookie", Cow::Owned(v))),
+            );
+        }
+    }
+    for (k, v) in &fwd.set {
+        ops.push(HeaderOp::Replace(k.as_bytes(), Cow::Borrowed(v.as_bytes())));
+    }
+    ops
 }
 
 /// A login waiting for the token endpoint's answer.
@@ -255,11 +318,12 @@ fn current_session(ctx: &Ctx<'_>, req: &Request) -> Option<Session> {
         .find_map(|(_, v)| Session::verify(&ctx.config.keys, name, v, ctx.now).ok())
 }
 
-fn is_our_cookie(cfg: &Config, name: &str) -> bool {
-    name == cfg.cookie.name
+fn is_our_cookie(cfg: &Config, name: &[u8]) -> bool {
+    let ours = cfg.cookie.name.as_bytes();
+    name == ours
         || name
-            .strip_prefix(cfg.cookie.name.as_str())
-            .is_some_and(|rest| rest.starts_with("_csrf_"))
+            .strip_prefix(ours)
+            .is_some_and(|rest| rest.starts_with(b"_csrf_"))
 }
 
 const FORWARDED: [&str; 3] = [
@@ -300,35 +364,12 @@ fn identity_headers(
 /// cookies, and with the session's identity (if any).
 fn forward(cfg: &Config, req: &Request, s: Option<&Session>) -> Forward {
     let mut f = Forward::default();
-    let mut has_cookie = false;
     for (name, _) in &req.headers {
         if is_identity_header(name) && !f.remove.iter().any(|r| r == name) {
-            f.remove.push(Cow::Owned(name.clone()));
-        }
-        has_cookie |= name == "cookie";
-    }
-    if has_cookie {
-        let mut ours = false;
-        let mut rest = String::new();
-        for (k, v) in req.cookies() {
-            if is_our_cookie(cfg, k) {
-                ours = true;
-            } else {
-                if !rest.is_empty() {
-                    rest.push_str("; ");
-                }
-                rest.push_str(k);
-                rest.push('=');
-                rest.push_str(v);
-            }
-        }
-        if ours {
-            f.remove.push(Cow::Borrowed("cookie"));
-            if !rest.is_empty() {
-                f.set.push((Cow::Borrowed("cookie"), rest));
-            }
+            f.remove.push(Cow::Owned(name.to_string()));
         }
     }
+    f.strip_cookies = req.cookies().any(|(k, _)| is_our_cookie(cfg, k.as_bytes()));
     if let Some(s) = s {
         f.set.extend(identity_headers(cfg, s, true));
     }

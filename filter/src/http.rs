@@ -1,26 +1,56 @@
 //! HTTP pieces: the request view the core decides on, Cookie parsing (RFC 6265 §5.4),
 //! Set-Cookie building, query parameters, and the names of identity headers.
 
+use std::borrow::Cow;
+
 use crate::config::CookieConfig;
 
 /// What the core sees of a request. Built by the glue from the host's header map.
 #[derive(Debug, Clone, Default)]
-pub struct Request {
-    pub method: String,
-    pub scheme: String,
-    pub authority: String,
+pub struct Request<'a> {
+    pub method: Cow<'a, str>,
+    pub scheme: Cow<'a, str>,
+    pub authority: Cow<'a, str>,
     /// `:path` as received: path, query and (rarely) fragment.
-    pub path: String,
-    /// Every request header, names lower-case as the proxy delivers them.
-    pub headers: Vec<(String, String)>,
+    pub path: Cow<'a, str>,
+    /// Every request header but the pseudo-headers, names lower-case as the proxy delivers
+    /// them. A value that is not UTF-8 is seen here with U+FFFD in place of its bad bytes;
+    /// only the header map the proxy holds is forwarded.
+    pub headers: Vec<(Cow<'a, str>, Cow<'a, str>)>,
 }
 
-impl Request {
+impl<'a> Request<'a> {
+    /// The core's view of a header map as the proxy serializes it (see `headermap`). `host`
+    /// stands in for a missing `:authority`.
+    pub fn from_pairs(pairs: &[(&'a [u8], &'a [u8])]) -> Request<'a> {
+        let mut req = Request {
+            headers: Vec::with_capacity(pairs.len()),
+            ..Default::default()
+        };
+        for &(k, v) in pairs {
+            let v = String::from_utf8_lossy(v);
+            match k {
+                b":method" => req.method = v,
+                b":scheme" => req.scheme = v,
+                b":authority" => req.authority = v,
+                b":path" => req.path = v,
+                _ if k.first() == Some(&b':') => {}
+                _ => req.headers.push((String::from_utf8_lossy(k), v)),
+            }
+        }
+        if req.authority.is_empty() {
+            if let Some((_, h)) = req.headers.iter().find(|(k, _)| k == "host") {
+                req.authority = h.clone();
+            }
+        }
+        req
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_ref())
     }
 
     /// The path alone: no query, no fragment.
@@ -88,6 +118,30 @@ pub fn parse_cookie_header(v: &str) -> impl Iterator<Item = (&str, &str)> {
             .unwrap_or(v);
         Some((k.trim(), v))
     })
+}
+
+/// A `Cookie` header value without the cookies whose names `drop` picks; every other piece is
+/// kept byte for byte (whatever its encoding), joined by `; `. `None` when nothing is left.
+pub fn strip_cookies(v: &[u8], drop: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(v.len());
+    for piece in v.split(|&b| b == b';') {
+        let piece = piece.trim_ascii();
+        if piece.is_empty() {
+            continue;
+        }
+        let name = match piece.iter().position(|&b| b == b'=') {
+            Some(i) => piece[..i].trim_ascii(),
+            None => piece,
+        };
+        if drop(name) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.extend_from_slice(b"; ");
+        }
+        out.extend_from_slice(piece);
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// The attributes a cookie of ours is set with; deletion must repeat them exactly.
@@ -244,6 +298,43 @@ mod tests {
         );
         assert_eq!(r.cookie("_oauth2_proxy"), Some("v"));
         assert_eq!(r.cookie("x"), None);
+    }
+
+    #[test]
+    fn strip_cookies_keeps_other_bytes() {
+        let ours = |n: &[u8]| n == b"_s" || n.starts_with(b"_s_csrf_");
+        assert_eq!(
+            strip_cookies(b"a=1; _s=v;b=caf\xe9 ; _s_csrf_x=y;;junk", ours).as_deref(),
+            Some(&b"a=1; b=caf\xe9; junk"[..])
+        );
+        assert_eq!(strip_cookies(b" _s = v ; _s_csrf_1=2", ours), None);
+        assert_eq!(
+            strip_cookies(b"x=\"q\"", ours).as_deref(),
+            Some(&b"x=\"q\""[..])
+        );
+    }
+
+    #[test]
+    fn request_from_pairs() {
+        let pairs: Vec<(&[u8], &[u8])> = vec![
+            (b":authority", b"app.example.com"),
+            (b":path", b"/a?b"),
+            (b":method", b"GET"),
+            (b":scheme", b"https"),
+            (b":protocol", b"x"),
+            (b"x-note", b"caf\xe9"),
+            (b"cookie", b"a=1"),
+        ];
+        let r = Request::from_pairs(&pairs);
+        assert_eq!(
+            (&*r.authority, &*r.path, &*r.method, &*r.scheme),
+            ("app.example.com", "/a?b", "GET", "https")
+        );
+        assert_eq!(r.headers.len(), 2);
+        assert_eq!(r.header("x-note"), Some("caf\u{fffd}"));
+        assert_eq!(r.cookie("a"), Some("1"));
+        let pairs: Vec<(&[u8], &[u8])> = vec![(b"host", b"h.example"), (b":path", b"/")];
+        assert_eq!(Request::from_pairs(&pairs).authority, "h.example");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod flow;
+pub mod headermap;
 pub mod http;
 pub mod idp;
 pub mod oidc;
@@ -15,5 +16,7 @@ pub mod session;
 pub mod util;
 
 // Compiled for wasm32; clippy also checks it on the host (check only, never linked there).
+#[cfg(any(target_arch = "wasm32", clippy))]
+mod hostcall;
 #[cfg(any(target_arch = "wasm32", clippy))]
 mod wasm;

@@ -1,18 +1,26 @@
 //! The glue: the only code that talks to the host. It builds the request view from host
 //! calls, runs the core, and carries out the decision. Every host call used here returns a
 //! `Result`; a failure ends in a local reply or a log line, never a trap.
+//!
+//! Per request: one call reads the whole request header map, then one call per header the
+//! decision touches (each identity header set, a forged one removed, the Cookie header without
+//! our cookies). Every crossing into the host costs more than the work on either side.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
 
 use crate::config::Config;
-use crate::flow::{self, Callout, Ctx, Decision, Idp, LocalReply, PendingLogin, TokenOutcome};
+use crate::flow::{
+    self, Callout, Ctx, Decision, HeaderOp, Idp, LocalReply, PendingLogin, TokenOutcome,
+};
+use crate::headermap;
+use crate::hostcall::{self, REQUEST_HEADERS};
 use crate::http::Request;
 use crate::idp::{FetchKind, IdpState};
 
@@ -74,10 +82,7 @@ fn enabled(min: LogLevel, level: LogLevel) -> bool {
 }
 
 fn now_secs() -> Option<u64> {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_secs())
+    hostcall::now_secs().ok()
 }
 
 /// Header pairs as the SDK's host calls take them.
@@ -106,17 +111,14 @@ fn callout_result(num_headers: usize, body_size: usize) -> (Option<u32>, Vec<u8>
     if num_headers == 0 {
         return (None, Vec::new());
     }
-    let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-        .ok()
-        .flatten()
-        .and_then(|s| s.parse::<u32>().ok());
+    let map = hostcall::header_map(hostcall::CALLOUT_RESPONSE_HEADERS).unwrap_or_default();
+    let status = headermap::parse(&map)
+        .and_then(|pairs| pairs.into_iter().find(|(k, _)| *k == b":status"))
+        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u32>().ok());
     if body_size > MAX_IDP_BODY {
         return (status.map(|_| 0), Vec::new());
     }
-    let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+    let body = hostcall::buffer(hostcall::CALLOUT_RESPONSE_BODY, 0, body_size).unwrap_or_default();
     (status, body)
 }
 
@@ -218,10 +220,7 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_configure(&mut self, size: usize) -> bool {
-        let raw = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size) {
-            Ok(Some(b)) => b,
-            _ => Vec::new(),
-        };
+        let raw = hostcall::buffer(hostcall::PLUGIN_CONFIGURATION, 0, size).unwrap_or_default();
         match Config::parse(&raw, &read_env) {
             Ok(cfg) => {
                 let mut shared = self.shared.borrow_mut();
@@ -299,9 +298,15 @@ impl Filter {
                 &format!("oidc-filter: {} {} {detail}", r.status, r.reason),
             );
         }
-        let headers = as_pairs(&r.headers);
-        let body = (!r.body.is_empty()).then_some(r.body.as_bytes());
-        if hostcalls::send_http_response(r.status, headers, body).is_err() {
+        let pairs: Vec<(&[u8], &[u8])> = r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+            .collect();
+        let sent = headermap::serialize(&pairs)
+            .ok_or(0)
+            .and_then(|h| hostcall::send_local_response(r.status, &h, r.body.as_bytes()));
+        if sent.is_err() {
             log(LogLevel::Error, "oidc-filter: could not send a local reply");
         }
         self.state = Waiting::Done;
@@ -310,28 +315,6 @@ impl Filter {
     fn fail(&mut self, status: u32, reason: &'static str, detail: &str) -> Action {
         self.reply(&flow::error_reply(status, reason, Some(detail.to_string())));
         Action::Pause
-    }
-
-    fn request(&self) -> Option<Request> {
-        let mut headers = hostcalls::get_map(MapType::HttpRequestHeaders).ok()?;
-        let mut req = Request::default();
-        // Move the pseudo-headers out rather than copy them; nothing reads them from the list.
-        for (k, v) in headers.iter_mut() {
-            match k.as_str() {
-                ":method" => req.method = std::mem::take(v),
-                ":scheme" => req.scheme = std::mem::take(v),
-                ":authority" => req.authority = std::mem::take(v),
-                ":path" => req.path = std::mem::take(v),
-                _ => {}
-            }
-        }
-        if req.authority.is_empty() {
-            if let Some((_, h)) = headers.iter().find(|(k, _)| k == "host") {
-                req.authority = h.clone();
-            }
-        }
-        req.headers = headers;
-        Some(req)
     }
 
     /// Runs the token response through the core and acts on the outcome.
@@ -434,9 +417,13 @@ impl Context for Filter {
 
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(req) = self.request() else {
+        let Ok(map) = hostcall::header_map(REQUEST_HEADERS) else {
             return self.fail(500, "internal_error", "cannot read request headers");
         };
+        let Some(raw) = headermap::parse(&map) else {
+            return self.fail(500, "internal_error", "malformed request header map");
+        };
+        let req = Request::from_pairs(&raw);
         let Some(now) = now_secs() else {
             return self.fail(500, "internal_error", "no clock");
         };
@@ -444,22 +431,26 @@ impl HttpContext for Filter {
             let mut b = [0u8; 32];
             fill_random(&mut b).then_some(b)
         };
-        let decision = with_ctx(&self.shared.borrow(), now, |ctx| {
-            flow::on_request(ctx, &req, &mut random)
-        });
+        let shared = self.shared.clone();
+        let shared = shared.borrow();
+        let decision = with_ctx(&shared, now, |ctx| flow::on_request(ctx, &req, &mut random));
         let Some(decision) = decision else {
             return self.fail(500, "internal_error", "no configuration");
         };
         match decision {
+            Decision::Continue(fwd) if fwd.is_empty() => Action::Continue,
             Decision::Continue(fwd) => {
-                for name in &fwd.remove {
-                    if hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None).is_err() {
-                        return self.fail(500, "internal_error", "cannot remove a request header");
-                    }
-                }
-                for (k, v) in &fwd.set {
-                    if hostcalls::set_map_value(MapType::HttpRequestHeaders, k, Some(v)).is_err() {
-                        return self.fail(500, "internal_error", "cannot set a request header");
+                let Some(cfg) = shared.config.as_deref() else {
+                    return self.fail(500, "internal_error", "no configuration");
+                };
+                for op in flow::header_ops(cfg, &raw, &fwd) {
+                    let done = match op {
+                        HeaderOp::Remove(k) => hostcall::remove_header(REQUEST_HEADERS, k),
+                        HeaderOp::Replace(k, v) => hostcall::replace_header(REQUEST_HEADERS, k, &v),
+                        HeaderOp::Add(k, v) => hostcall::add_header(REQUEST_HEADERS, k, &v),
+                    };
+                    if done.is_err() {
+                        return self.fail(500, "internal_error", "cannot rewrite request headers");
                     }
                 }
                 Action::Continue

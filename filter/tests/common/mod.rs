@@ -153,23 +153,50 @@ pub fn token_body(id_token: &str) -> Vec<u8> {
         .into_bytes()
 }
 
+/// The header map the proxy holds after `f` is applied to `req`'s, as Envoy carries out each
+/// operation (names compared case-insensitively; `replace` drops all, then appends).
+pub fn forwarded(cfg: &Config, req: &Request<'_>, f: &flow::Forward) -> Vec<(String, String)> {
+    let mut raw: Vec<(&[u8], &[u8])> = vec![
+        (b":method", req.method.as_bytes()),
+        (b":path", req.path.as_bytes()),
+    ];
+    for (k, v) in &req.headers {
+        raw.push((k.as_bytes(), v.as_bytes()));
+    }
+    let mut map: Vec<(Vec<u8>, Vec<u8>)> =
+        raw.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+    for op in flow::header_ops(cfg, &raw, f) {
+        match op {
+            flow::HeaderOp::Remove(k) => map.retain(|(n, _)| !n.eq_ignore_ascii_case(k)),
+            flow::HeaderOp::Replace(k, v) => {
+                map.retain(|(n, _)| !n.eq_ignore_ascii_case(k));
+                map.push((k.to_ascii_lowercase(), v.to_vec()));
+            }
+            flow::HeaderOp::Add(k, v) => map.push((k.to_ascii_lowercase(), v.to_vec())),
+        }
+    }
+    map.into_iter()
+        .map(|(k, v)| (String::from_utf8(k).unwrap(), String::from_utf8(v).unwrap()))
+        .collect()
+}
+
 /// A request as Envoy presents it.
-pub fn get(path: &str) -> Request {
+pub fn get(path: &str) -> Request<'static> {
     Request {
         method: "GET".into(),
         scheme: "https".into(),
         authority: "app.example.com".into(),
-        path: path.into(),
+        path: path.to_string().into(),
         headers: vec![("accept".into(), "text/html,application/xhtml+xml".into())],
     }
 }
 
-pub fn with_header(mut r: Request, k: &str, v: &str) -> Request {
-    r.headers.push((k.into(), v.into()));
+pub fn with_header(mut r: Request<'static>, k: &str, v: &str) -> Request<'static> {
+    r.headers.push((k.to_string().into(), v.to_string().into()));
     r
 }
 
-pub fn with_cookies(r: Request, cookies: &[(String, String)]) -> Request {
+pub fn with_cookies(r: Request<'static>, cookies: &[(String, String)]) -> Request<'static> {
     let v: Vec<String> = cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
     with_header(r, "cookie", &v.join("; "))
 }
@@ -283,7 +310,7 @@ pub fn start_login(w: &mut World, path: &str) -> (String, (String, String)) {
 }
 
 /// The callback for a login, carrying the flow cookie.
-pub fn callback_request(auth_url: &str, flow_cookie: &(String, String)) -> Request {
+pub fn callback_request(auth_url: &str, flow_cookie: &(String, String)) -> Request<'static> {
     let q = query(auth_url);
     let state = param(&q, "state");
     with_cookies(
