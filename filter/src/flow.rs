@@ -51,14 +51,6 @@ pub struct Forward {
     pub remove: Vec<Cow<'static, str>>,
     /// Headers to set, replacing any of the same name.
     pub set: Vec<(Cow<'static, str>, String)>,
-    /// Take our cookies out of every `Cookie` header (dropping a header left empty).
-    pub strip_cookies: bool,
-}
-
-impl Forward {
-    pub fn is_empty(&self) -> bool {
-        self.remove.is_empty() && self.set.is_empty() && !self.strip_cookies
-    }
 }
 
 /// One change to the request header map, as the proxy-wasm ABI makes it.
@@ -72,9 +64,10 @@ pub enum HeaderOp<'a> {
     Add(&'a [u8], Cow<'a, [u8]>),
 }
 
-/// The host calls that carry out `fwd` on `raw` (the proxy's request headers, as read). Each
-/// call costs a crossing into the host, so there is one per header touched and none for the
-/// rest; headers left alone keep their exact bytes.
+/// The host calls that carry out `fwd` on `raw` (the proxy's request headers, as read), and
+/// take our cookies out of every `Cookie` header (dropping one left empty). Each call costs a
+/// crossing into the host, so there is one per header touched and none for the rest; headers
+/// left alone keep their exact bytes.
 pub fn header_ops<'a>(
     cfg: &Config,
     raw: &[(&'a [u8], &'a [u8])],
@@ -86,27 +79,30 @@ pub fn header_ops<'a>(
             ops.push(HeaderOp::Remove(name.as_bytes()));
         }
     }
-    if fwd.strip_cookies {
-        let mut count = 0;
-        let mut kept = Vec::new();
-        for (_, v) in raw
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(b"cookie"))
-        {
-            count += 1;
-            kept.extend(strip_cookies(v, |n| is_our_cookie(cfg, n)));
+    let mut count = 0;
+    let mut stripped = false;
+    let mut kept: Vec<Cow<'a, [u8]>> = Vec::new();
+    for &(_, v) in raw
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(b"cookie"))
+    {
+        count += 1;
+        match strip_cookies(v, |n| is_our_cookie(cfg, n)) {
+            None => kept.push(Cow::Borrowed(v)),
+            Some(rest) => {
+                stripped = true;
+                if !rest.is_empty() {
+                    kept.push(Cow::Owned(rest));
+                }
+            }
         }
+    }
+    if stripped {
         if count == 1 && kept.len() == 1 {
-            ops.extend(
-                kept.pop()
-                    .map(|v| HeaderOp::Replace(b"cookie", Cow::Owned(v))),
-            );
+            ops.extend(kept.pop().map(|v| HeaderOp::Replace(b"cookie", v)));
         } else {
             ops.push(HeaderOp::Remove(b"cookie"));
-            ops.extend(
-                kept.into_iter()
-                    .map(|v| HeaderOp::Add(b"cookie", Cow::Owned(v))),
-            );
+            ops.extend(kept.into_iter().map(|v| HeaderOp::Add(b"cookie", v)));
         }
     }
     for (k, v) in &fwd.set {
@@ -360,8 +356,8 @@ fn identity_headers(
     out
 }
 
-/// The request goes upstream without any identity header the client sent, without our
-/// cookies, and with the session's identity (if any).
+/// The request goes upstream without any identity header the client sent and with the
+/// session's identity (if any); `header_ops` also takes our cookies out.
 fn forward(cfg: &Config, req: &Request, s: Option<&Session>) -> Forward {
     let mut f = Forward::default();
     for (name, _) in &req.headers {
@@ -369,7 +365,6 @@ fn forward(cfg: &Config, req: &Request, s: Option<&Session>) -> Forward {
             f.remove.push(Cow::Owned(name.to_string()));
         }
     }
-    f.strip_cookies = req.cookies().any(|(k, _)| is_our_cookie(cfg, k.as_bytes()));
     if let Some(s) = s {
         f.set.extend(identity_headers(cfg, s, true));
     }

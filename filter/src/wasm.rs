@@ -438,7 +438,6 @@ impl HttpContext for Filter {
             return self.fail(500, "internal_error", "no configuration");
         };
         match decision {
-            Decision::Continue(fwd) if fwd.is_empty() => Action::Continue,
             Decision::Continue(fwd) => {
                 let Some(cfg) = shared.config.as_deref() else {
                     return self.fail(500, "internal_error", "no configuration");
