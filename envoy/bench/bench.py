@@ -55,7 +55,7 @@ HOST = "app.bench"
 ISSUER = "http://idp.bench"
 CLIENT_ID = "bench-client"
 CLIENT_SECRET = "bench-client-secret"
-COOKIE_SECRET = "YmVuY2gtY29va2llLXNlY3JldC0wMTIzNDU2Nzg5"  # base64 of 30 bytes
+COOKIE_SECRET = "BnNzAujot3tvWQTKh5GrRC9-j68uAYh5C5CbOHkA9bE="  # base64 of 32 random bytes
 NATIVE_HMAC_SECRET = "bench-native-hmac-secret-0123456789"
 BENCH_USER = "bench-user-0001"
 

@@ -38,7 +38,7 @@ def wasm():
 @pytest.fixture(scope="session")
 def ports():
     """Envoy listener ports, reserved up front so the OP can register their redirect URIs."""
-    return {n: h.free_port() for n in ("main", "peer", "short", "other", "browser")}
+    return {n: h.free_port() for n in ("main", "peer", "short", "other", "browser", "hostprefix")}
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +90,7 @@ def expiring(log_dir, ports, op, upstream, wasm):
 
 
 STRICT = {
-    "cookie_secret": "b3RoZXItc2VjcmV0LW90aGVyLXNlY3JldC0xMjM0NTY",
+    "cookie_secret": "eY01eM6m4VbQxYRBc3a8Y61hUPiDgc1CjnHnT3h8VDc=",
     "cookie_name": "_sso",
     "cookie_samesite": "strict",
     "email_domains": ["example.com"],

@@ -193,3 +193,39 @@ def test_two_browsers_log_in_concurrently(browser, envoy, log_dir):
     finally:
         second.quit()
         third.quit()
+
+
+def test_host_prefixed_cookies_log_in_end_to_end(browser, log_dir, ports, op, upstream, wasm):
+    """`__Host-` cookie names (the defence against cookie tossing from a sibling subdomain):
+    Chromium drops a `__Host-` cookie unless it is Secure, on Path=/ and without Domain, so
+    the login cookie must follow those rules as well as the session cookie. Served on
+    http://localhost, which Chromium treats as a secure context for Secure cookies."""
+    e = h.Envoy(log_dir, "envoy-hostprefix", ports["hostprefix"], op.port, upstream.port,
+                concurrency=1, overrides={"cookie_name": "__Host-oidc", "cookie_secure": True,
+                                          "cookie_domains": [], "cookie_path": "/"})
+    try:
+        wd = browser
+        base = "http://localhost:%d" % e.port
+        wd.get(base + "/host-prefixed?x=1")
+        wd.wait_for(lambda: wd.url().startswith(base + "/host-prefixed")
+                    or "login-form" in wd.source() or "consent-form" in wd.source(),
+                    what="app or OP form")
+        if "login-form" in wd.source():
+            wd.type("#login", "alice@example.com")
+            wd.type("#password", h.PASSWORD)
+            wd.click("#submit")
+            wd.wait_for(lambda: "consent-form" in wd.source() or wd.url().startswith(base),
+                        what="next")
+        if "consent-form" in wd.source():
+            wd.click("#submit")
+        wd.wait_for(lambda: wd.url().startswith(base + "/host-prefixed") and "Signed in as" in wd.source(),
+                    what="app behind __Host- cookies")
+        assert wd.url() == base + "/host-prefixed?x=1"
+        assert "login_expired" not in wd.source()
+        cookies = {c["name"]: c for c in wd.cookies()}
+        assert "__Host-oidc" in cookies, list(cookies)
+        assert cookies["__Host-oidc"]["secure"] is True
+        assert cookies["__Host-oidc"]["path"] == "/"
+        assert not any(n.startswith("__Host-oidc_csrf_") for n in cookies), list(cookies)
+    finally:
+        e.stop()

@@ -11,7 +11,7 @@ import requests
 
 import harness as h
 
-SESSION_SET = re.compile(r"(^|[ ,])_oauth2_proxy=v?1\.")
+SESSION_SET = re.compile(r"(^|[ ,])_oauth2_proxy=2\.")
 
 CASES = [
     # mode, status, reason

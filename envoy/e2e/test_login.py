@@ -15,7 +15,7 @@ import harness as h
 from harness import HTML
 
 
-SESSION_SET = re.compile(r"(^|[ ,])_oauth2_proxy=v?1\.")
+SESSION_SET = re.compile(r"(^|[ ,])_oauth2_proxy=2\.")
 
 
 def cookie_line(lines, name):
@@ -52,12 +52,13 @@ def test_login_flow_sets_session_and_passes_identity(envoy, op, session):
     for k in ("state", "nonce", "code_challenge"):
         assert len(q[k]) >= 16, (k, q[k])
     assert "code_verifier" not in loc and h.CLIENT_SECRET not in loc
-    # Per-flow CSRF cookie, scoped to the callback path.
+    # Per-flow CSRF cookie on Path=/ (so the next login start can bound their number, and a
+    # `__Host-` name works); it never reaches the upstream.
     flow = [c for c in h.set_cookie_headers(r) if c.startswith("_oauth2_proxy_csrf_")]
     assert len(flow) == 1, h.set_cookie_headers(r)
     a = attrs(flow[0])
     assert flow[0].startswith("_oauth2_proxy_csrf_%s=" % q["state"][:16]), flow[0]
-    assert a.get("path") == "/oauth2/callback"
+    assert a.get("path") == "/"
     assert a.get("httponly") is True
     assert a.get("samesite", "").lower() == "lax"
     assert "secure" not in a  # cookie_secure: false in the demo config
@@ -72,8 +73,8 @@ def test_login_flow_sets_session_and_passes_identity(envoy, op, session):
     lines = h.set_cookie_headers(cb)
     sess = cookie_line(lines, "_oauth2_proxy")
     assert sess is not None, lines
-    # Contract: "{cookie_name}=v1.<...>"; the first filter builds wrote "1.<...>".
-    assert re.match(r"_oauth2_proxy=v?1\.", sess), sess[:20]
+    # Contract: "{cookie_name}=2.<...>" (format 2 binds the MAC to issuer and client_id).
+    assert re.match(r"_oauth2_proxy=2\.", sess), sess[:20]
     a = attrs(sess)
     assert a.get("path") == "/" and a.get("httponly") is True
     assert a.get("samesite", "").lower() == "lax"
@@ -207,7 +208,7 @@ def _tamper(value):
 def test_tampered_session_cookie_is_refused(envoy, session):
     h.login_ok(session, envoy, "/")
     good = session.cookies.get("_oauth2_proxy")
-    assert good and re.match(r"v?1\.", good), good[:5]
+    assert good and re.match(r"2\.", good), good[:5]
     body = good.split(".", 1)[1]
     variants = {
         "flipped middle": _tamper(good),
@@ -215,7 +216,8 @@ def test_tampered_session_cookie_is_refused(envoy, session):
         "truncated": good[: len(good) // 2],
         "no version": body,
         "v2 prefix": "v2." + body,
-        "2 prefix": "2." + body,
+        "1 prefix (format 1)": "1." + body,
+        "3 prefix": "3." + body,
         "empty": "",
         "garbage": "v1.not-a-real-session",
     }
@@ -413,7 +415,7 @@ def _config_files():
 def test_config_validates(wasm, path, tmp_path):
     env = dict(os.environ)
     env.setdefault("OIDC_CLIENT_SECRET", "validate-only-client-secret")
-    env.setdefault("OIDC_COOKIE_SECRET", "dmFsaWRhdGUtb25seS1jb29raWUtc2VjcmV0")
+    env.setdefault("OIDC_COOKIE_SECRET", "Gaj95_hO74goecxxo-6ecp_VVsSmlri-iaInVltK3ec=")
     # The configs name dist/oidc_filter.wasm relative to the repository root.
     text = open(path, encoding="utf-8").read().replace("filename: dist/oidc_filter.wasm",
                                                        "filename: %s" % wasm)
@@ -521,3 +523,32 @@ def test_callback_with_other_issuer_is_refused(envoy, session):
                     allow_redirects=False, timeout=10)
     assert r.status_code == 403, (r.status_code, r.text[:200])
     assert not SESSION_SET.search(r.headers.get("set-cookie", ""))
+
+
+def test_replayed_callback_makes_no_second_token_call(envoy, op):
+    """One code exchange per login cookie, across the Envoy's worker VMs (shared data): the
+    same callback again, with the same login cookie (a double click, a reload before the
+    answer, a stolen URL and cookie), gets an answer of its own, never a second token-endpoint
+    call (that would end in login_complete or, the code being spent, token_request_failed)."""
+    import requests
+    with requests.Session() as s:
+        res = h.login_ok(s, envoy, "/replay-me?x=1")
+        flow = {k: v for k, v in res.start.cookies.items() if k.startswith("_oauth2_proxy_csrf_")}
+        assert len(flow) == 1, flow
+        session = s.cookies.get("_oauth2_proxy")
+        assert session
+    # With the session the first callback set: the replay goes where the login was going.
+    with requests.Session() as s2:
+        for k, v in dict(flow, _oauth2_proxy=session).items():
+            s2.cookies.set(k, v, domain="127.0.0.1", path="/")
+        again = s2.get(res.callback_url, headers=h.HTML, allow_redirects=False, timeout=10)
+        assert again.status_code == 302, (again.status_code, again.text[:200])
+        assert again.headers.get("x-oidc-filter-reason") == "login_already_complete"
+        assert again.headers["Location"].endswith("/replay-me?x=1")
+    # Without a session: a clear refusal.
+    with requests.Session() as s3:
+        for k, v in flow.items():
+            s3.cookies.set(k, v, domain="127.0.0.1", path="/")
+        r = s3.get(res.callback_url, headers=h.HTML, allow_redirects=False, timeout=10)
+        assert r.status_code == 403, (r.status_code, r.text[:200])
+        assert r.headers.get("x-oidc-filter-reason") == "callback_replayed"

@@ -75,7 +75,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         preferred_username: "bench.user".into(),
     };
     let session_value = session
-        .encode(key, name)
+        .encode(key, &cfg.scope(name))
         .ok_or("session cookie too large")?;
 
     let mut rng = ChaCha20Rng::seed_from_u64(0xbe7c);
@@ -89,7 +89,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         return_url: "/".into(),
     };
     let flow_value = flow
-        .encode(key, &flow_name)
+        .encode(key, &cfg.scope(&flow_name))
         .ok_or("flow cookie too large")?;
     let nonce = derive_nonce(key, &state);
 

@@ -133,6 +133,10 @@ pub struct IdpConfig {
 pub struct Config {
     /// The issuer identifier exactly as configured; ID tokens' `iss` must equal it.
     pub issuer: String,
+    /// What our cookies' MACs are bound to besides the key: `issuer \n client_id`.
+    pub cookie_binding: String,
+    /// `proxy_prefix`: our own endpoints live under it.
+    pub prefix: String,
     pub discovery_url: Url,
     pub client_id: String,
     pub client_secret: Secret,
@@ -346,6 +350,12 @@ fn valid_path(p: &str) -> bool {
 /// Parses the key material of one cookie secret: base64 of 16+ bytes (what
 /// `base64.urlsafe_b64encode(os.urandom(16))` prints), or else a raw string of 32+ bytes.
 pub fn secret_material(secret: &str) -> Result<Vec<u8>, String> {
+    if let Some(why) = looks_like_password(secret) {
+        return Err(format!(
+            "looks like a password, not random key material ({why}); generate one with \
+             python -c 'import os,base64; print(base64.urlsafe_b64encode(os.urandom(32)).decode())'"
+        ));
+    }
     if let Some(bytes) = b64_any_decode(secret) {
         if bytes.len() >= MIN_SECRET_BYTES {
             return Ok(bytes);
@@ -360,6 +370,48 @@ pub fn secret_material(secret: &str) -> Result<Vec<u8>, String> {
          or a string of {}+ characters",
         2 * MIN_SECRET_BYTES
     ))
+}
+
+/// Why `secret` is not the random string it should be, if it looks chosen by a person: any
+/// string of base64 letters decodes to "16+ bytes", so the decoded length alone proves nothing.
+/// A random base64 string of 22+ characters holds about 18 distinct characters and is neither
+/// a repeated pattern nor letters of one case; the bounds below refuse one such string in
+/// billions.
+pub fn looks_like_password(secret: &str) -> Option<&'static str> {
+    let s = secret.trim_end_matches('=');
+    let b = s.as_bytes();
+    let mut seen = [false; 256];
+    for &c in b {
+        seen[usize::from(c)] = true;
+    }
+    let distinct = seen.iter().filter(|x| **x).count();
+    if distinct < 10 {
+        return Some("too few distinct characters");
+    }
+    // A repeated pattern ("abc123abc123…").
+    if (1..=b.len() / 2).any(|p| b.len().is_multiple_of(p) && b.chunks(p).all(|c| c == &b[..p])) {
+        return Some("a repeated pattern");
+    }
+    // Text in base64 ("ZGVtby1zZWNyZXQ…" is "demo-secret…"): 16 random bytes are all
+    // printable ASCII about once in ten million.
+    if b64_any_decode(secret)
+        .is_some_and(|d| d.len() >= MIN_SECRET_BYTES && d.iter().all(|c| (0x20..0x7f).contains(c)))
+    {
+        return Some("it is base64 of text");
+    }
+    let lower = s.to_ascii_lowercase();
+    for word in [
+        "password", "passw0rd", "secret", "changeme", "letmein", "qwerty",
+    ] {
+        if lower.contains(word) {
+            return Some("contains a common word");
+        }
+    }
+    let letters = b.iter().all(u8::is_ascii_alphabetic);
+    if letters && (b.iter().all(u8::is_ascii_lowercase) || b.iter().all(u8::is_ascii_uppercase)) {
+        return Some("letters of one case only");
+    }
+    None
 }
 
 impl Config {
@@ -412,8 +464,7 @@ impl Config {
         });
 
         let client_id = f.required_string("client_id");
-        let client_secret = secret_from(&mut f, "client_secret", "client_secret_env", env)
-            .map(|v| v.into_iter().next().unwrap_or_default());
+        let client_secret = client_secret_from(&mut f, env);
         let client_secret = match client_secret {
             Some(s) if !s.is_empty() => Some(Secret::new(s)),
             Some(_) => {
@@ -719,6 +770,8 @@ impl Config {
                 Some(keys),
                 Some(cluster),
             ) => Ok(Config {
+                cookie_binding: format!("{issuer}\n{client_id}"),
+                prefix: prefix.clone(),
                 issuer,
                 discovery_url,
                 client_id,
@@ -769,6 +822,14 @@ impl Config {
 
     /// The cluster and `:authority` for a callout to `url`: the issuer's host goes through
     /// `idp_cluster` with `idp_authority`; other hosts need an `idp_clusters` entry.
+    /// The scope a cookie of ours named `name` is signed in.
+    pub fn scope<'a>(&'a self, name: &'a str) -> crate::session::Scope<'a> {
+        crate::session::Scope {
+            name,
+            binding: &self.cookie_binding,
+        }
+    }
+
     pub fn route_for(&self, url: &Url) -> Option<(String, String)> {
         let auth = url_authority(url).to_ascii_lowercase();
         if auth == self.idp.issuer_host.to_ascii_lowercase() {
@@ -780,6 +841,42 @@ impl Config {
             .iter()
             .find(|(h, _)| *h == auth || *h == host)
             .map(|(_, c)| (c.clone(), auth.clone()))
+    }
+}
+
+/// The client secret, inline (a string) or by the name of a VM environment variable, taken
+/// whole: a comma or a space in it is part of the secret, never a separator.
+fn client_secret_from(f: &mut Fields, env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    let (key, env_key) = ("client_secret", "client_secret_env");
+    match (f.present(key), f.present(env_key)) {
+        (true, true) => {
+            f.err(key, format!("set either {key} or {env_key}, not both"));
+            None
+        }
+        (true, false) => match f.map.get(key) {
+            Some(Value::String(s)) => Some(s.clone()),
+            _ => {
+                f.err(key, "must be a string (one secret)");
+                None
+            }
+        },
+        (false, true) => {
+            let name = f.required_string(env_key)?;
+            match env(&name) {
+                Some(v) if !v.is_empty() => Some(v),
+                _ => {
+                    f.err(
+                        env_key,
+                        format!("the VM environment variable {name:?} is not set or empty"),
+                    );
+                    None
+                }
+            }
+        }
+        (false, false) => {
+            f.err(key, format!("is required (or {env_key})"));
+            None
+        }
     }
 }
 
@@ -828,7 +925,7 @@ fn secret_from(
 mod tests {
     use super::*;
 
-    pub const SECRET: &str = "3q2-7wAAAAAAAAAAAAAAAA=="; // base64url of 16 bytes
+    pub const SECRET: &str = "BjsqLqI3hVQyzn3bvtp9kg=="; // base64url of 16 bytes
 
     fn no_env(_: &str) -> Option<String> {
         None

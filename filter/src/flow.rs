@@ -111,6 +111,13 @@ pub fn header_ops<'a>(
     ops
 }
 
+/// The login a callback spends: its cookie's name and how long that cookie could be replayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginClaim {
+    pub id: String,
+    pub expires_at: u64,
+}
+
 /// A login waiting for the token endpoint's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingLogin {
@@ -120,14 +127,20 @@ pub struct PendingLogin {
     pub host: String,
 }
 
+// One Decision per request, made and moved once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Continue(Forward),
     Reply(LocalReply),
-    /// Send the callout, pause the request, then call `on_token_response`.
+    /// Claim `claim` (one code exchange per login: see `replay::claim`); if it was claimed
+    /// already, send `replayed`. Else send the callout, pause the request, then call
+    /// `on_token_response`.
     ExchangeCode {
         callout: Callout,
         pending: PendingLogin,
+        claim: LoginClaim,
+        replayed: LocalReply,
     },
 }
 
@@ -135,7 +148,7 @@ pub enum Decision {
 pub enum TokenOutcome {
     Reply(LocalReply),
     /// The ID token names a key we do not have: refetch the JWKS and call again.
-    RefetchJwks,
+    RefetchJwks(String),
 }
 
 /// The provider as the filter currently knows it; `None` until loaded.
@@ -223,18 +236,12 @@ pub fn on_request(
         return Decision::Reply(sign_out(ctx, req));
     }
     if path == cfg.start_path {
-        let rd = rd_param(req);
-        let target = rd
-            .and_then(|rd| validate_return_url(&rd, &req.authority, &cfg.whitelist_domains))
-            .unwrap_or_else(|| "/".to_string());
+        let target = return_target(cfg, req, rd_param(req).as_deref(), &cfg.whitelist_domains);
         return Decision::Reply(redirect_to_authorization_endpoint(ctx, req, random, target));
     }
     // oauth2-proxy's --skip-auth-preflight: CORS preflights carry no cookies. They pass
     // without an identity (and without any identity header a client put on them).
-    if cfg.skip_auth_preflight
-        && req.method.eq_ignore_ascii_case("OPTIONS")
-        && req.header("access-control-request-method").is_some()
-    {
+    if cfg.skip_auth_preflight && is_cors_preflight(req) {
         return Decision::Continue(forward(cfg, req, None));
     }
     let session = current_session(ctx, req);
@@ -245,8 +252,7 @@ pub fn on_request(
         Some(s) => Decision::Continue(forward(cfg, req, Some(&s))),
         None if is_navigation(req) => {
             // The URL asked for becomes the return URL only through the same validation as rd.
-            let target = validate_return_url(&req.path, &req.authority, &[])
-                .unwrap_or_else(|| "/".to_string());
+            let target = return_target(cfg, req, Some(&req.path), &[]);
             Decision::Reply(redirect_to_authorization_endpoint(ctx, req, random, target))
         }
         None => Decision::Reply(unauthorized()),
@@ -260,6 +266,84 @@ fn unauthorized() -> LocalReply {
         "Cookie realm=\"oidc-filter\"".into(),
     ));
     r
+}
+
+/// Fetch §3.2.2, a CORS preflight: `OPTIONS` with `Origin` and `Access-Control-Request-Method`,
+/// and no body. Anything else that merely looks like one is a request like any other.
+pub fn is_cors_preflight(req: &Request) -> bool {
+    req.method == "OPTIONS"
+        && req.header("origin").is_some_and(|o| !o.is_empty())
+        && req
+            .header("access-control-request-method")
+            .is_some_and(|m| !m.is_empty())
+        && !req.body_follows
+        && req.header("transfer-encoding").is_none()
+        && req.header("content-length").is_none_or(|l| l.trim() == "0")
+}
+
+/// Where to send the user after login or sign-out: `raw` when it passes `validate_return_url`
+/// and does not lead back into our own endpoints (`/oauth2/start?rd=/oauth2/start` would loop
+/// through the provider, one token call per turn), else `/`.
+fn return_target(cfg: &Config, req: &Request, raw: Option<&str>, whitelist: &[String]) -> String {
+    raw.and_then(|raw| validate_return_url(raw, &req.authority, whitelist))
+        .filter(|url| !is_own_endpoint(cfg, url))
+        .unwrap_or_else(|| "/".to_string())
+}
+
+/// Whether a validated return URL's path is under `proxy_prefix`, or is the callback path,
+/// in any spelling a browser or the proxy would normalise to it.
+fn is_own_endpoint(cfg: &Config, url: &str) -> bool {
+    let path = match url.strip_prefix('/') {
+        Some(_) => url,
+        None => match url::Url::parse(url) {
+            Ok(u) => return is_own_path(cfg, u.path()),
+            Err(_) => return true,
+        },
+    };
+    // Resolve `.`, `..` and percent-escapes the way the browser will before it asks.
+    match url::Url::parse("http://h").and_then(|b| b.join(path)) {
+        Ok(u) => is_own_path(cfg, u.path()),
+        Err(_) => true,
+    }
+}
+
+fn is_own_path(cfg: &Config, path: &str) -> bool {
+    let decoded = percent_decode(path);
+    [path, decoded.as_str()].iter().any(|p| {
+        let p = p.to_ascii_lowercase();
+        let p = p.trim_end_matches('/');
+        let under = |base: &str| {
+            let base = base.to_ascii_lowercase();
+            p == base || p.starts_with(&format!("{base}/"))
+        };
+        under(&cfg.prefix) || under(&cfg.callback_path)
+    })
+}
+
+/// `%XX` escapes decoded (RFC 3986 §2.1); anything else kept as it is.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b.get(i),
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (Some(b'%'), Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (Some(&c), _, _) => {
+                out.push(c);
+                i += 1;
+            }
+            (None, _, _) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn rd_param(req: &Request) -> Option<String> {
@@ -306,20 +390,36 @@ pub fn is_navigation(req: &Request) -> bool {
     true
 }
 
-/// `verify_session` over every cookie with our name (a browser may hold several).
+/// `verify_session` over every cookie with our name (a browser may hold several), then the
+/// policy as configured now: a session issued under a wider `email_domains` or a longer
+/// `cookie_expire` ends when the config narrows.
 fn current_session(ctx: &Ctx<'_>, req: &Request) -> Option<Session> {
-    let name = &ctx.config.cookie.name;
+    let cfg = ctx.config;
+    let name = &cfg.cookie.name;
+    let scope = cfg.scope(name);
     req.cookies()
         .filter(|(k, _)| k == name)
-        .find_map(|(_, v)| Session::verify(&ctx.config.keys, name, v, ctx.now).ok())
+        .filter_map(|(_, v)| {
+            Session::verify(&cfg.keys, &scope, v, ctx.now, cfg.cookie.expire_secs).ok()
+        })
+        .find(|s| session_allowed(cfg, s))
+}
+
+/// The authorization rules a session must meet on every request, not only at login.
+fn session_allowed(cfg: &Config, s: &Session) -> bool {
+    match &cfg.email_domains {
+        EmailDomains::Any => true,
+        EmailDomains::List(_) => email_domain_allowed(&cfg.email_domains, &s.email),
+    }
 }
 
 fn is_our_cookie(cfg: &Config, name: &[u8]) -> bool {
-    let ours = cfg.cookie.name.as_bytes();
-    name == ours
-        || name
-            .strip_prefix(ours)
-            .is_some_and(|rest| rest.starts_with(b"_csrf_"))
+    name == cfg.cookie.name.as_bytes() || is_flow_cookie(cfg, name)
+}
+
+fn is_flow_cookie(cfg: &Config, name: &[u8]) -> bool {
+    name.strip_prefix(cfg.cookie.name.as_bytes())
+        .is_some_and(|rest| rest.starts_with(b"_csrf_"))
 }
 
 const FORWARDED: [&str; 3] = [
@@ -407,9 +507,12 @@ fn redirect_uri(cfg: &Config, req: &Request) -> Option<String> {
     }
 }
 
+/// Login cookies are set on Path=/ (a `__Host-` cookie must be, or the browser drops it), so
+/// that the next login start sees them and can bound their number; they never reach the
+/// upstream (see `header_ops`).
 fn flow_attrs(cfg: &Config, host: &str) -> CookieAttrs {
     let mut a = CookieAttrs::session(&cfg.cookie, host);
-    a.path = cfg.callback_path.clone();
+    a.path = "/".to_string();
     // The callback is a cross-site navigation from the provider: a Strict cookie would not
     // come back with it.
     if cfg.cookie.samesite == SameSite::Strict {
@@ -455,9 +558,9 @@ fn redirect_to_authorization_endpoint(
     let flow = LoginFlow {
         expires_at: ctx.now + LOGIN_TTL_SECS,
         state: state.clone(),
-        return_url,
+        return_url: bounded_return_url(return_url),
     };
-    let Some(value) = flow.encode(key, &cookie_name) else {
+    let Some(value) = flow.encode(key, &cfg.scope(&cookie_name)) else {
         return error_reply(500, "internal_error", Some("login cookie too large".into()));
     };
     let mut location = idp.provider.authorization_endpoint.clone();
@@ -471,8 +574,64 @@ fn redirect_to_authorization_endpoint(
         ("code_challenge", challenge.as_str()),
         ("code_challenge_method", "S256"),
     ]);
-    let cookie = flow_attrs(cfg, &req.host()).set(&cookie_name, &value, LOGIN_TTL_SECS);
-    redirect(location.as_str(), vec![cookie], "login_redirect")
+    let attrs = flow_attrs(cfg, &req.host());
+    let mut cookies: Vec<String> = stale_logins(ctx, req)
+        .iter()
+        .map(|name| attrs.clear(name))
+        .collect();
+    cookies.push(attrs.set(&cookie_name, &value, LOGIN_TTL_SECS));
+    redirect(location.as_str(), cookies, "login_redirect")
+}
+
+/// A return URL longer than this is not kept in the login cookie: its query is dropped (and
+/// if the path alone is still too long, the user lands on `/`).
+pub const MAX_KEPT_RETURN_URL: usize = 1024;
+/// Logins in progress kept per browser; starting one more evicts the oldest. Together with
+/// `MAX_KEPT_RETURN_URL` this bounds what login cookies add to a request to about 6 KB.
+pub const MAX_LOGINS_IN_PROGRESS: usize = 4;
+
+fn bounded_return_url(url: String) -> String {
+    if url.len() <= MAX_KEPT_RETURN_URL {
+        return url;
+    }
+    let path = url.split(['?', '#']).next().unwrap_or("/");
+    if path.len() <= MAX_KEPT_RETURN_URL && !path.is_empty() {
+        path.to_string()
+    } else {
+        "/".to_string()
+    }
+}
+
+/// The login cookies to clear when a new login starts: every one that is not valid (forged,
+/// expired, from an old key) and, of the valid ones, all but the newest
+/// `MAX_LOGINS_IN_PROGRESS - 1`.
+fn stale_logins(ctx: &Ctx<'_>, req: &Request) -> Vec<String> {
+    let cfg = ctx.config;
+    let mut valid: Vec<(u64, &str)> = Vec::new();
+    let mut stale: Vec<String> = Vec::new();
+    for (name, value) in req.cookies() {
+        if !is_flow_cookie(cfg, name.as_bytes()) || stale.iter().any(|s| s == name) {
+            continue;
+        }
+        match LoginFlow::verify(&cfg.keys, &cfg.scope(name), value, ctx.now) {
+            Ok((flow, _)) => valid.push((flow.expires_at, name)),
+            Err(_) => stale.push(name.to_string()),
+        }
+    }
+    valid.sort_by_key(|v| std::cmp::Reverse(v.0));
+    let mut kept: Vec<&str> = Vec::new();
+    for (_, name) in valid {
+        if kept.contains(&name) {
+            continue;
+        }
+        if kept.len() + 1 < MAX_LOGINS_IN_PROGRESS {
+            kept.push(name);
+        } else if !stale.iter().any(|s| s == name) {
+            stale.push(name.to_string());
+        }
+    }
+    stale.retain(|s| !kept.contains(&s.as_str()));
+    stale
 }
 
 fn is_state_shaped(s: &str) -> bool {
@@ -555,7 +714,7 @@ fn on_callback(ctx: &Ctx<'_>, req: &Request) -> Decision {
     let flow = req
         .cookies()
         .filter(|(k, _)| *k == cookie_name)
-        .find_map(|(_, v)| LoginFlow::verify(&cfg.keys, &cookie_name, v, ctx.now).ok());
+        .find_map(|(_, v)| LoginFlow::verify(&cfg.keys, &cfg.scope(&cookie_name), v, ctx.now).ok());
     let Some((flow, key_index)) = flow else {
         return Decision::Reply(error_reply(
             403,
@@ -589,8 +748,28 @@ fn on_callback(ctx: &Ctx<'_>, req: &Request) -> Decision {
         ));
     };
     debug_assert!(cookie_name.len() > FLOW_ID_LEN);
+    // A second callback for the same login (a reload, the back button, a replayed URL) gets
+    // no second code exchange: with a session it goes where the login was going, else a clear
+    // refusal. Either way the login cookie goes.
+    let clear = flow_attrs(cfg, &req.host()).clear(&cookie_name);
+    let replayed = if current_session(ctx, req).is_some() {
+        redirect(&flow.return_url, vec![clear], "login_already_complete")
+    } else {
+        let mut r = error_reply(
+            403,
+            "callback_replayed",
+            Some("this login's code was exchanged already".into()),
+        );
+        r.headers.push(("set-cookie".into(), clear));
+        r
+    };
     Decision::ExchangeCode {
         callout,
+        claim: LoginClaim {
+            id: cookie_name.clone(),
+            expires_at: flow.expires_at,
+        },
+        replayed,
         pending: PendingLogin {
             nonce: derive_nonce(key, state),
             return_url: flow.return_url,
@@ -678,12 +857,33 @@ fn email_domain_allowed(domains: &EmailDomains, email: &str) -> bool {
     })
 }
 
-/// A claim fit for a header: no control characters, bounded length.
-fn clean_claim(v: Option<&str>) -> String {
+/// A claim fit for a header, taken as it is or not at all (empty): bounded length, no
+/// control, separator, invisible or bidi-override character anywhere, and no whitespace at
+/// either end (a proxy or upstream would trim it, and then see another value than we checked).
+pub fn clean_claim(v: Option<&str>) -> String {
     match v {
-        Some(s) if s.len() <= MAX_CLAIM_LEN && !s.chars().any(char::is_control) => s.to_string(),
+        Some(s)
+            if s.len() <= MAX_CLAIM_LEN
+                && !s.starts_with(char::is_whitespace)
+                && !s.ends_with(char::is_whitespace)
+                && !s.chars().any(is_unsafe_in_header) =>
+        {
+            s.to_string()
+        }
         _ => String::new(),
     }
+}
+
+fn is_unsafe_in_header(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{2028}' | '\u{2029}'              // line and paragraph separators
+            | '\u{200b}'..='\u{200f}'            // zero-width characters, LRM, RLM
+            | '\u{202a}'..='\u{202e}'            // bidi embeddings and overrides
+            | '\u{2060}'..='\u{2064}'            // word joiner, invisible operators
+            | '\u{2066}'..='\u{2069}'            // bidi isolates
+            | '\u{feff}'                         // byte-order mark
+            | '\u{fff9}'..='\u{fffb}') // interlinear annotations
 }
 
 /// The token endpoint answered (`status` is `None` when the call failed or timed out).
@@ -729,7 +929,9 @@ pub fn on_token_response(
     };
     let identity: Identity = match oidc::validate_id_token(&id_token, idp.keys, &expected) {
         Ok(i) => i,
-        Err(IdTokenError::UnknownKid(_)) if may_refetch_jwks => return TokenOutcome::RefetchJwks,
+        Err(IdTokenError::UnknownKid(kid)) if may_refetch_jwks => {
+            return TokenOutcome::RefetchJwks(kid)
+        }
         Err(e) => {
             return fail(error_reply(
                 502,
@@ -775,7 +977,7 @@ pub fn on_token_response(
             Some("unusable sub".into()),
         ));
     }
-    let Some(value) = session.encode(key, &cfg.cookie.name) else {
+    let Some(value) = session.encode(key, &cfg.scope(&cfg.cookie.name)) else {
         return fail(error_reply(
             500,
             "internal_error",

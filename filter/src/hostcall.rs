@@ -16,6 +16,8 @@ pub const PLUGIN_CONFIGURATION: u32 = 7;
 
 const OK: u32 = 0;
 const NOT_FOUND: u32 = 1;
+/// `proxy_set_shared_data`: the value changed since it was read.
+pub const CAS_MISMATCH: u32 = 8;
 
 #[link(wasm_import_module = "env")]
 extern "C" {
@@ -53,6 +55,51 @@ extern "C" {
         grpc_status: i32,
     ) -> u32;
     fn proxy_get_current_time_nanoseconds(time: *mut u64) -> u32;
+    fn proxy_set_effective_context(context_id: u32) -> u32;
+    fn proxy_get_shared_data(
+        key: *const u8,
+        key_size: usize,
+        value: *mut *mut u8,
+        value_size: *mut usize,
+        cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(
+        key: *const u8,
+        key_size: usize,
+        value: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> u32;
+}
+
+/// Makes later host calls act on `context_id` (a request's context, from the root).
+pub fn set_effective_context(context_id: u32) -> Result<(), u32> {
+    // SAFETY: no memory is passed.
+    status(unsafe { proxy_set_effective_context(context_id) })
+}
+
+/// A value every VM of this `vm_id` in the proxy shares, with its compare-and-swap token;
+/// `(empty, 0)` when it was never set.
+pub fn shared_data(key: &str) -> Result<(Vec<u8>, u32), u32> {
+    let mut data = std::ptr::null_mut();
+    let mut size = 0usize;
+    let mut cas = 0u32;
+    // SAFETY: as in `header_map`; the host writes one u32 into `cas`.
+    match unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) }
+    {
+        OK => Ok((take(data, size), cas)),
+        NOT_FOUND => Ok((Vec::new(), 0)),
+        status => Err(status),
+    }
+}
+
+/// Sets a shared value if its token is still `cas` (0: whatever it is); `Err(CAS_MISMATCH)`
+/// when another VM changed it in between.
+pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<(), u32> {
+    // SAFETY: the host reads the given lengths from live slices.
+    status(unsafe {
+        proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas)
+    })
 }
 
 /// Takes ownership of bytes the host wrote into memory it got from `proxy_on_memory_allocate`.

@@ -17,6 +17,8 @@ pub struct Request<'a> {
     /// them. A value that is not UTF-8 is seen here with U+FFFD in place of its bad bytes;
     /// only the header map the proxy holds is forwarded.
     pub headers: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    /// A body (or trailers) follows these headers: the proxy did not mark them end of stream.
+    pub body_follows: bool,
 }
 
 impl<'a> Request<'a> {
@@ -106,17 +108,58 @@ pub fn valid_authority(a: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b))
 }
 
-/// Splits a `Cookie` header into name/value pairs; pieces without `=` are skipped.
+/// RFC 6265 §5.2: the whitespace around cookie pieces, names and values is SP and HTAB
+/// only. Every reader of Cookie headers trims with this, so the session lookup and the
+/// Cookie rewrite can never disagree on what a name is.
+fn trim_wsp(mut b: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = b {
+        b = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = b {
+        b = rest;
+    }
+    b
+}
+
+/// One `;`-separated piece of a Cookie header (RFC 6265 §5.4 as browsers send it, §5.2 for
+/// the splitting): the piece trimmed, its name (before the first `=`, trimmed; the whole
+/// piece when there is no `=`), and its value (trimmed, one pair of quotes removed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CookiePiece<'a> {
+    pub piece: &'a [u8],
+    pub name: &'a [u8],
+    pub value: Option<&'a [u8]>,
+}
+
+/// The one Cookie-header parser. Empty pieces are skipped.
+pub fn cookie_pieces(v: &[u8]) -> impl Iterator<Item = CookiePiece<'_>> {
+    v.split(|&b| b == b';').filter_map(|raw| {
+        let piece = trim_wsp(raw);
+        if piece.is_empty() {
+            return None;
+        }
+        let (name, value) = match piece.iter().position(|&b| b == b'=') {
+            Some(i) => {
+                let v = trim_wsp(&piece[i + 1..]);
+                let v = v
+                    .strip_prefix(b"\"")
+                    .and_then(|x| x.strip_suffix(b"\""))
+                    .unwrap_or(v);
+                (trim_wsp(&piece[..i]), Some(v))
+            }
+            None => (piece, None),
+        };
+        Some(CookiePiece { piece, name, value })
+    })
+}
+
+/// Name/value pairs of a `Cookie` header; pieces without `=` are skipped.
 pub fn parse_cookie_header(v: &str) -> impl Iterator<Item = (&str, &str)> {
-    v.split(';').filter_map(|part| {
-        let part = part.trim();
-        let (k, v) = part.split_once('=')?;
-        let v = v.trim();
-        let v = v
-            .strip_prefix('"')
-            .and_then(|x| x.strip_suffix('"'))
-            .unwrap_or(v);
-        Some((k.trim(), v))
+    // Pieces split at ASCII bytes of a `str` are themselves valid UTF-8.
+    cookie_pieces(v.as_bytes()).filter_map(|p| {
+        let name = core::str::from_utf8(p.name).ok()?;
+        let value = core::str::from_utf8(p.value?).ok()?;
+        Some((name, value))
     })
 }
 
@@ -126,23 +169,15 @@ pub fn parse_cookie_header(v: &str) -> impl Iterator<Item = (&str, &str)> {
 pub fn strip_cookies(v: &[u8], drop: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(v.len());
     let mut dropped = false;
-    for piece in v.split(|&b| b == b';') {
-        let piece = piece.trim_ascii();
-        if piece.is_empty() {
-            continue;
-        }
-        let name = match piece.iter().position(|&b| b == b'=') {
-            Some(i) => piece[..i].trim_ascii(),
-            None => piece,
-        };
-        if drop(name) {
+    for p in cookie_pieces(v) {
+        if drop(p.name) {
             dropped = true;
             continue;
         }
         if !out.is_empty() {
             out.extend_from_slice(b"; ");
         }
-        out.extend_from_slice(piece);
+        out.extend_from_slice(p.piece);
     }
     dropped.then_some(out)
 }
@@ -389,5 +424,24 @@ mod tests {
             Some(".example.com")
         );
         assert_eq!(CookieAttrs::session(&c, "badexample.com").domain, None);
+    }
+
+    #[test]
+    fn one_whitespace_rule_for_lookup_and_strip() {
+        // U+00A0 and other non-ASCII spaces are part of the name: not our cookie for the
+        // lookup, and not stripped either (RFC 6265 §5.2 trims SP and HTAB only).
+        let h = "\u{a0}_oauth2_proxy=forged; \t_oauth2_proxy = real ;x=1";
+        let names: Vec<&str> = parse_cookie_header(h).map(|(k, _)| k).collect();
+        assert_eq!(names, ["\u{a0}_oauth2_proxy", "_oauth2_proxy", "x"]);
+        assert_eq!(
+            parse_cookie_header(h).find(|(k, _)| *k == "_oauth2_proxy"),
+            Some(("_oauth2_proxy", "real"))
+        );
+        let out = strip_cookies(h.as_bytes(), |n| n == b"_oauth2_proxy").unwrap();
+        assert_eq!(out, "\u{a0}_oauth2_proxy=forged; x=1".as_bytes());
+        // A vertical tab or form feed is not trimmed either, in both readers.
+        let h = "\x0b_s=v";
+        assert_eq!(parse_cookie_header(h).next(), Some(("\x0b_s", "v")));
+        assert_eq!(strip_cookies(h.as_bytes(), |n| n == b"_s"), None);
     }
 }

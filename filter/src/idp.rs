@@ -8,8 +8,16 @@ use crate::config::Config;
 use crate::flow::Callout;
 use crate::oidc::{KeySet, Provider};
 
-/// Minimum time between two on-demand JWKS fetches.
-pub const FORCED_JWKS_INTERVAL_SECS: u64 = 30;
+/// Minimum time between two on-demand JWKS fetches (an ID token named a key we do not have),
+/// whatever the kids: the bound on what forged tokens can make us fetch.
+pub const FORCED_JWKS_INTERVAL_SECS: u64 = 5;
+/// A kid still unknown after a refetch is refused without another one for this long: the
+/// bound per kid. Another kid (a real rotation right after a forged token) still refetches.
+pub const REFUSED_KID_SECS: u64 = 60;
+/// Kids remembered as refused; the oldest goes first.
+pub const MAX_REFUSED_KIDS: usize = 32;
+/// Longest a login waits for a JWKS refetch before it is answered with the keys it has.
+pub const KEY_WAIT_SECS: u64 = 10;
 /// Longest wait between retries after failures.
 pub const MAX_BACKOFF_SECS: u64 = 60;
 
@@ -28,6 +36,18 @@ pub struct IdpState {
     in_flight: Option<(FetchKind, u64)>,
     failures: u32,
     last_forced_jwks: Option<u64>,
+    /// A login waits for keys: fetch the JWKS as soon as the interval allows.
+    wants_keys: bool,
+    refused_kids: Vec<(String, u64)>,
+}
+
+/// What to do with a login whose ID token names a key we do not have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownKid {
+    /// Wait for the next JWKS response (one already in flight, or one `poll` starts).
+    Wait,
+    /// This kid was refetched for moments ago and is still unknown: refuse now.
+    Refuse,
 }
 
 /// A GET to `url` through the proxy, routed by the config's cluster map.
@@ -83,9 +103,21 @@ impl IdpState {
             }
             self.in_flight = None;
         }
+        let forced = self.wants_keys
+            && self
+                .last_forced_jwks
+                .is_none_or(|t| now >= t + FORCED_JWKS_INTERVAL_SECS);
         let (kind, url) = if cfg.static_endpoints.is_none() && now >= self.next_discovery {
             (FetchKind::Discovery, cfg.discovery_url.clone())
-        } else if let Some(p) = self.provider.as_ref().filter(|_| now >= self.next_jwks) {
+        } else if let Some(p) = self
+            .provider
+            .as_ref()
+            .filter(|_| now >= self.next_jwks || forced)
+        {
+            if forced {
+                self.last_forced_jwks = Some(now);
+                self.wants_keys = false;
+            }
             (FetchKind::Jwks, p.jwks_uri.clone())
         } else {
             return Ok(None);
@@ -167,15 +199,28 @@ impl IdpState {
         }
     }
 
-    /// Whether an on-demand JWKS fetch may start now; records it if so.
-    pub fn take_forced_jwks(&mut self, now: u64) -> bool {
-        match self.last_forced_jwks {
-            Some(t) if now < t + FORCED_JWKS_INTERVAL_SECS => false,
-            _ => {
-                self.last_forced_jwks = Some(now);
-                true
-            }
+    /// An ID token names `kid`, which the keys we hold lack. Unless that kid was refetched
+    /// for moments ago, the login waits and `poll` fetches the JWKS as soon as
+    /// `FORCED_JWKS_INTERVAL_SECS` allows (or a fetch in flight answers first).
+    pub fn on_unknown_kid(&mut self, kid: &str, now: u64) -> UnknownKid {
+        self.refused_kids.retain(|(_, until)| *until > now);
+        if self.refused_kids.iter().any(|(k, _)| k == kid) {
+            return UnknownKid::Refuse;
         }
+        self.wants_keys = true;
+        UnknownKid::Wait
+    }
+
+    /// A JWKS response came and `kid` is still not in it: refuse it for `REFUSED_KID_SECS`.
+    pub fn still_unknown(&mut self, kid: &str, now: u64) {
+        if self.refused_kids.iter().any(|(k, _)| k == kid) {
+            return;
+        }
+        if self.refused_kids.len() >= MAX_REFUSED_KIDS {
+            self.refused_kids.remove(0);
+        }
+        self.refused_kids
+            .push((kid.to_string(), now + REFUSED_KID_SECS));
     }
 
     pub fn jwks_callout(&self, cfg: &Config) -> Option<Callout> {
@@ -297,12 +342,56 @@ mod tests {
         assert_eq!(call.cluster, "keys");
     }
 
+    /// Finding 13: a forged kid does not block a real rotation that follows, refetches are
+    /// bounded per kid and overall, and a login waits for the fetch rather than failing.
     #[test]
-    fn forced_jwks_fetch_is_rate_limited() {
-        let mut s = IdpState::default();
-        assert!(s.take_forced_jwks(100));
-        assert!(!s.take_forced_jwks(100 + FORCED_JWKS_INTERVAL_SECS - 1));
-        assert!(s.take_forced_jwks(100 + FORCED_JWKS_INTERVAL_SECS));
+    fn unknown_kids_refetch_bounded_per_kid_and_overall() {
+        let c = cfg(serde_json::json!({}));
+        let mut s = IdpState::new(&c);
+        let (k, ..) = s.poll(&c, 1).unwrap().unwrap();
+        s.on_response(
+            &c,
+            k,
+            Some(200),
+            &discovery("https://issuer.example.com/jwks"),
+            1,
+        )
+        .unwrap();
+        let (k, ..) = s.poll(&c, 1).unwrap().unwrap();
+        s.on_response(&c, k, Some(200), JWKS, 1).unwrap();
+        assert_eq!(s.poll(&c, 100), Ok(None));
+        // A forged kid at t=100: the login waits, and the keys are fetched at once.
+        assert_eq!(s.on_unknown_kid("forged", 100), UnknownKid::Wait);
+        let (k, ..) = s.poll(&c, 100).unwrap().unwrap();
+        assert_eq!(k, FetchKind::Jwks);
+        // A second login waiting meanwhile starts no second fetch (single flight).
+        assert_eq!(s.on_unknown_kid("forged", 100), UnknownKid::Wait);
+        assert_eq!(s.poll(&c, 100), Ok(None));
+        s.on_response(&c, k, Some(200), JWKS, 101).unwrap();
+        s.still_unknown("forged", 101);
+        // The same kid again: refused at once, no fetch, for REFUSED_KID_SECS.
+        assert_eq!(s.on_unknown_kid("forged", 102), UnknownKid::Refuse);
+        assert_eq!(s.poll(&c, 102), Ok(None));
+        // A real rotation 10 s later: its kid waits and is fetched for, once the overall
+        // interval allows (and not before).
+        assert_eq!(s.on_unknown_kid("rotated", 103), UnknownKid::Wait);
+        assert_eq!(s.poll(&c, 103), Ok(None));
+        let (k, ..) = s
+            .poll(&c, 100 + FORCED_JWKS_INTERVAL_SECS)
+            .unwrap()
+            .unwrap();
+        assert_eq!(k, FetchKind::Jwks);
+        s.on_response(&c, k, Some(200), JWKS, 106).unwrap();
+        // Past REFUSED_KID_SECS a kid may be fetched for again.
+        assert_eq!(
+            s.on_unknown_kid("forged", 101 + REFUSED_KID_SECS),
+            UnknownKid::Wait
+        );
+        // Refused kids are bounded.
+        for i in 0..100 {
+            s.still_unknown(&format!("k{i}"), 200);
+        }
+        assert!(s.refused_kids.len() <= MAX_REFUSED_KIDS);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod http;
 pub mod idp;
 pub mod oidc;
 pub mod redirect;
+pub mod replay;
 pub mod session;
 pub mod util;
 

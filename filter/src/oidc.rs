@@ -20,18 +20,29 @@ pub struct Provider {
     pub jwks_uri: Url,
 }
 
-#[derive(Deserialize)]
-struct RawMetadata {
-    issuer: String,
-    authorization_endpoint: String,
-    token_endpoint: String,
-    jwks_uri: String,
+/// Why a document from the provider was refused, in words that hold no byte of the document:
+/// the field and the kind of error only (an IdP body may carry anything, and logs are read
+/// by many).
+fn json_kind(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Io => "unreadable",
+        serde_json::error::Category::Syntax => "not valid JSON",
+        serde_json::error::Category::Data => "JSON of the wrong shape",
+        serde_json::error::Category::Eof => "truncated JSON",
+    }
 }
 
-fn https_or_http(u: &str) -> Result<Url, String> {
-    let url = Url::parse(u).map_err(|e| format!("{u:?} is not a URL: {e}"))?;
+fn string_field<'a>(m: &'a serde_json::Value, field: &str) -> Result<&'a str, String> {
+    m.get(field)
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| format!("discovery document: {field} missing or not a string"))
+}
+
+fn url_field(m: &serde_json::Value, field: &str) -> Result<Url, String> {
+    let url = Url::parse(string_field(m, field)?)
+        .map_err(|_| format!("discovery document: {field} is not a URL"))?;
     if url.scheme() != "https" && url.scheme() != "http" {
-        return Err(format!("{u:?} is not an http(s) URL"));
+        return Err(format!("discovery document: {field} is not an http(s) URL"));
     }
     Ok(url)
 }
@@ -40,19 +51,19 @@ impl Provider {
     /// OpenID Connect Discovery 1.0 §4.3: the `issuer` in the metadata must be identical to
     /// the issuer URL configured.
     pub fn from_discovery(body: &[u8], expected_issuer: &str) -> Result<Provider, String> {
-        let m: RawMetadata =
-            serde_json::from_slice(body).map_err(|e| format!("discovery document: {e}"))?;
-        if m.issuer != expected_issuer {
-            return Err(format!(
-                "discovery issuer {:?} differs from oidc_issuer_url {:?}",
-                m.issuer, expected_issuer
-            ));
+        let m: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|e| format!("discovery document: {}", json_kind(&e)))?;
+        if !m.is_object() {
+            return Err("discovery document: not a JSON object".into());
+        }
+        if string_field(&m, "issuer")? != expected_issuer {
+            return Err("discovery document: issuer differs from oidc_issuer_url".into());
         }
         Ok(Provider {
-            issuer: m.issuer,
-            authorization_endpoint: https_or_http(&m.authorization_endpoint)?,
-            token_endpoint: https_or_http(&m.token_endpoint)?,
-            jwks_uri: https_or_http(&m.jwks_uri)?,
+            issuer: expected_issuer.to_string(),
+            authorization_endpoint: url_field(&m, "authorization_endpoint")?,
+            token_endpoint: url_field(&m, "token_endpoint")?,
+            jwks_uri: url_field(&m, "jwks_uri")?,
         })
     }
 }
@@ -78,7 +89,7 @@ pub struct KeySet {
 
 #[derive(Deserialize)]
 struct RawJwks {
-    keys: Vec<RawJwk>,
+    keys: Vec<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -99,12 +110,17 @@ struct RawJwk {
 pub const MIN_RSA_BITS: usize = 2048;
 
 impl KeySet {
-    /// Parses a JWKS. Keys we cannot use (encryption keys, other key types, weak RSA keys)
-    /// are skipped; a document that is not a JWKS is an error.
+    /// Parses a JWKS. Each key is read on its own: one we cannot use (an encryption key,
+    /// another key type or curve, a weak RSA key, members of unexpected types, x5c only) is
+    /// skipped without touching the others; a document that is not a JWKS is an error.
     pub fn parse(body: &[u8]) -> Result<KeySet, String> {
-        let raw: RawJwks = serde_json::from_slice(body).map_err(|e| format!("JWKS: {e}"))?;
+        let raw: RawJwks =
+            serde_json::from_slice(body).map_err(|e| format!("JWKS: {}", json_kind(&e)))?;
         let mut keys = Vec::new();
         for k in raw.keys {
+            let Ok(k) = serde_json::from_value::<RawJwk>(k) else {
+                continue;
+            };
             if k.use_.as_deref().is_some_and(|u| u != "sig") {
                 continue;
             }
@@ -164,17 +180,18 @@ impl KeySet {
     }
 }
 
-#[derive(Deserialize)]
-struct RawTokenResponse {
-    id_token: Option<String>,
-}
-
-/// RFC 6749 §5.1 / OIDC Core §3.1.3.3: the token response must carry an `id_token`.
+/// RFC 6749 §5.1 / OIDC Core §3.1.3.3: the token response is a JSON object that must carry
+/// an `id_token`.
 pub fn id_token_from_response(body: &[u8]) -> Result<String, &'static str> {
-    let r: RawTokenResponse =
+    let r: serde_json::Value =
         serde_json::from_slice(body).map_err(|_| "token response is not JSON")?;
-    r.id_token
+    if !r.is_object() {
+        return Err("token response is not a JSON object");
+    }
+    r.get("id_token")
+        .and_then(serde_json::Value::as_str)
         .filter(|t| !t.is_empty())
+        .map(str::to_string)
         .ok_or("token response has no id_token")
 }
 
@@ -231,6 +248,8 @@ pub enum IdTokenError {
     AuthorizedParty,
     Expired,
     IssuedInFuture,
+    /// `nbf` is later than now (with leeway).
+    NotYetValid,
     MissingClaim(&'static str),
     Nonce,
 }
@@ -239,8 +258,8 @@ impl IdTokenError {
     pub fn describe(&self) -> String {
         match self {
             IdTokenError::Malformed => "malformed token".into(),
-            IdTokenError::Algorithm(a) => format!("algorithm {a:?} not accepted"),
-            IdTokenError::UnknownKid(k) => format!("no key with kid {k:?} in the JWKS"),
+            IdTokenError::Algorithm(a) => format!("algorithm {} not accepted", loggable(a)),
+            IdTokenError::UnknownKid(k) => format!("no key with kid {} in the JWKS", loggable(k)),
             IdTokenError::NoUsableKey => "no key in the JWKS fits the token".into(),
             IdTokenError::Signature => "signature does not verify".into(),
             IdTokenError::Issuer => "iss is not the issuer".into(),
@@ -248,9 +267,23 @@ impl IdTokenError {
             IdTokenError::AuthorizedParty => "azp is not client_id".into(),
             IdTokenError::Expired => "token expired".into(),
             IdTokenError::IssuedInFuture => "iat is in the future".into(),
+            IdTokenError::NotYetValid => "nbf is in the future".into(),
             IdTokenError::MissingClaim(c) => format!("claim {c} missing"),
             IdTokenError::Nonce => "nonce does not match this login".into(),
         }
+    }
+}
+
+/// A value from a token, quoted for a log line only if it is short and plain (a `kid`, an
+/// `alg`): never a way to write arbitrary bytes into the proxy's log.
+fn loggable(v: &str) -> String {
+    if v.len() <= 64
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:+/=".contains(&b))
+    {
+        format!("{v:?}")
+    } else {
+        "(not shown)".into()
     }
 }
 
@@ -307,7 +340,7 @@ fn verify_with(
 }
 
 /// OIDC Core §3.1.3.7, in its order: signature (6–8), `iss` (2), `aud` (3), `azp` (4–5),
-/// `exp` (9), `iat` (10), `nonce` (11).
+/// `exp` (9), `iat` (10), `nbf` (RFC 7519 §4.1.5), `nonce` (11).
 pub fn validate_id_token(
     raw: &str,
     keys: &KeySet,
@@ -377,6 +410,12 @@ pub fn validate_id_token(
         .timestamp();
     if iat > expected.now.saturating_add(expected.leeway) as i64 {
         return Err(IdTokenError::IssuedInFuture);
+    }
+    // RFC 7519 §4.1.5, with the same leeway as `iat`.
+    if let Some(nbf) = claims.not_before {
+        if nbf.timestamp() > expected.now.saturating_add(expected.leeway) as i64 {
+            return Err(IdTokenError::NotYetValid);
+        }
     }
     match &c.nonce {
         Some(n) if ct_eq(n.as_bytes(), expected.nonce.as_bytes()) => {}

@@ -1,17 +1,19 @@
 //! The session cookie and the per-login flow cookie.
 //!
-//! Both are `1.<payload>.<mac>` in base64url. The MAC is HMAC-SHA256 over a label naming the
-//! format and version, the cookie's name (length-prefixed), and the payload, whose fields are
-//! fixed-width integers and length-prefixed strings: no two different cookies share MAC input.
+//! Both are `2.<payload>.<mac>` in base64url. The MAC is HMAC-SHA256 over a label naming the
+//! format and version, the cookie's name and the deployment's binding (issuer and client_id),
+//! each length-prefixed, and the payload, whose fields are fixed-width integers and
+//! length-prefixed strings: no two different cookies share MAC input, and a cookie minted for
+//! another issuer or client with the same secret and name is refused.
 //! Verification checks the MAC first, in constant time, against every configured key (the
 //! first one signs), and only then reads the payload.
 
 use crate::config::KeySet;
 use crate::util::{b64url, b64url_decode, ct_eq, put_lp, MacKey, Reader};
 
-const VERSION: &str = "1";
-const SESSION_LABEL: &[u8] = b"oidc-filter session v1\0";
-const FLOW_LABEL: &[u8] = b"oidc-filter login v1\0";
+const VERSION: &str = "2";
+const SESSION_LABEL: &[u8] = b"oidc-filter session v2\0";
+const FLOW_LABEL: &[u8] = b"oidc-filter login v2\0";
 /// Browsers keep at most 4096 bytes per cookie; we refuse to set larger ones.
 pub const MAX_COOKIE_VALUE: usize = 3800;
 /// Each identity string kept in a session is at most this long.
@@ -38,12 +40,28 @@ fn name_bytes(name: &str) -> [u8; 2] {
     u16::try_from(name.len()).unwrap_or(u16::MAX).to_be_bytes()
 }
 
-fn mac_of(key: &MacKey, label: &[u8], name: &str, payload: &[u8]) -> [u8; 32] {
-    key.mac(&[label, &name_bytes(name), name.as_bytes(), payload])
+/// The one function that defines a cookie's signed bytes.
+fn mac_of(key: &MacKey, label: &[u8], scope: &Scope<'_>, payload: &[u8]) -> [u8; 32] {
+    key.mac(&[
+        label,
+        &name_bytes(scope.name),
+        scope.name.as_bytes(),
+        &name_bytes(scope.binding),
+        scope.binding.as_bytes(),
+        payload,
+    ])
 }
 
-fn seal(key: &MacKey, label: &[u8], name: &str, payload: &[u8]) -> String {
-    let mac = mac_of(key, label, name, payload);
+/// What a cookie is bound to besides its key: its own name, and the deployment (issuer and
+/// client_id, see `Config::cookie_binding`).
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'a> {
+    pub name: &'a str,
+    pub binding: &'a str,
+}
+
+fn seal(key: &MacKey, label: &[u8], scope: &Scope<'_>, payload: &[u8]) -> String {
+    let mac = mac_of(key, label, scope, payload);
     format!("{VERSION}.{}.{}", b64url(payload), b64url(&mac))
 }
 
@@ -53,7 +71,7 @@ fn open<'k>(
     keys: &'k [KeySet],
     pick: fn(&KeySet) -> &MacKey,
     label: &[u8],
-    name: &str,
+    scope: &Scope<'_>,
     value: &str,
 ) -> Result<(Vec<u8>, usize), SessionError> {
     if value.len() > MAX_COOKIE_VALUE {
@@ -74,7 +92,7 @@ fn open<'k>(
         return Err(SessionError::Malformed);
     }
     for (i, k) in keys.iter().enumerate() {
-        if ct_eq(&mac_of(pick(k), label, name, &payload), &mac) {
+        if ct_eq(&mac_of(pick(k), label, scope, &payload), &mac) {
             return Ok((payload, i));
         }
     }
@@ -82,7 +100,7 @@ fn open<'k>(
 }
 
 impl Session {
-    pub fn encode(&self, key: &KeySet, cookie_name: &str) -> Option<String> {
+    pub fn encode(&self, key: &KeySet, scope: &Scope<'_>) -> Option<String> {
         let mut p = Vec::with_capacity(64);
         p.extend_from_slice(&self.expires_at.to_be_bytes());
         p.extend_from_slice(&self.issued_at.to_be_bytes());
@@ -92,18 +110,21 @@ impl Session {
             }
             put_lp(&mut p, s.as_bytes())?;
         }
-        let v = seal(&key.session, SESSION_LABEL, cookie_name, &p);
+        let v = seal(&key.session, SESSION_LABEL, scope, &p);
         (v.len() <= MAX_COOKIE_VALUE).then_some(v)
     }
 
-    /// `verify_session`: MAC (constant time, any key), then the payload, then expiry.
+    /// `verify_session`: MAC (constant time, any key), then the payload, then expiry: the one
+    /// it was issued with, and `max_age` from `issued_at` (the lifetime configured now, which
+    /// may be shorter than when it was issued).
     pub fn verify(
         keys: &[KeySet],
-        cookie_name: &str,
+        scope: &Scope<'_>,
         value: &str,
         now: u64,
+        max_age: u64,
     ) -> Result<Session, SessionError> {
-        let (payload, _) = open(keys, |k| &k.session, SESSION_LABEL, cookie_name, value)?;
+        let (payload, _) = open(keys, |k| &k.session, SESSION_LABEL, scope, value)?;
         let mut r = Reader::new(&payload);
         let expires_at = r.u64().ok_or(SessionError::Malformed)?;
         let issued_at = r.u64().ok_or(SessionError::Malformed)?;
@@ -113,7 +134,7 @@ impl Session {
         if !r.is_empty() {
             return Err(SessionError::Malformed);
         }
-        if now >= expires_at {
+        if now >= expires_at || now >= issued_at.saturating_add(max_age) {
             return Err(SessionError::Expired);
         }
         Ok(Session {
@@ -145,23 +166,23 @@ pub fn flow_cookie_name(cookie_name: &str, state: &str) -> Option<String> {
 }
 
 impl LoginFlow {
-    pub fn encode(&self, key: &KeySet, name: &str) -> Option<String> {
+    pub fn encode(&self, key: &KeySet, scope: &Scope<'_>) -> Option<String> {
         let mut p = Vec::with_capacity(96 + self.return_url.len());
         p.extend_from_slice(&self.expires_at.to_be_bytes());
         put_lp(&mut p, self.state.as_bytes())?;
         put_lp(&mut p, self.return_url.as_bytes())?;
-        let v = seal(&key.flow, FLOW_LABEL, name, &p);
+        let v = seal(&key.flow, FLOW_LABEL, scope, &p);
         (v.len() <= MAX_COOKIE_VALUE).then_some(v)
     }
 
     /// Returns the flow and the index of the key that signed it.
     pub fn verify(
         keys: &[KeySet],
-        name: &str,
+        scope: &Scope<'_>,
         value: &str,
         now: u64,
     ) -> Result<(LoginFlow, usize), SessionError> {
-        let (payload, idx) = open(keys, |k| &k.flow, FLOW_LABEL, name, value)?;
+        let (payload, idx) = open(keys, |k| &k.flow, FLOW_LABEL, scope, value)?;
         let mut r = Reader::new(&payload);
         let expires_at = r.u64().ok_or(SessionError::Malformed)?;
         let state = r.lp_str().ok_or(SessionError::Malformed)?.to_string();
@@ -215,8 +236,17 @@ mod tests {
             .keys
     }
 
+    const BIND: &str = "https://issuer.example.com\napp";
+    fn sc(name: &str) -> Scope<'_> {
+        Scope {
+            name,
+            binding: BIND,
+        }
+    }
+    const DAY: u64 = 86_400;
+
     const A: &str = "q83vEjRWeJCrze8SNFZ4kA==";
-    const B: &str = "3q2-7wAAAAAAAAAAAAAAAA==";
+    const B: &str = "BjsqLqI3hVQyzn3bvtp9kg==";
 
     fn sample() -> Session {
         Session {
@@ -231,11 +261,14 @@ mod tests {
     #[test]
     fn round_trip_and_expiry() {
         let k = keys(&[A]);
-        let v = sample().encode(&k[0], "_s").unwrap();
-        assert!(v.starts_with("1."));
-        assert_eq!(Session::verify(&k, "_s", &v, 1999).unwrap(), sample());
+        let v = sample().encode(&k[0], &sc("_s")).unwrap();
+        assert!(v.starts_with("2."));
         assert_eq!(
-            Session::verify(&k, "_s", &v, 2000),
+            Session::verify(&k, &sc("_s"), &v, 1999, DAY).unwrap(),
+            sample()
+        );
+        assert_eq!(
+            Session::verify(&k, &sc("_s"), &v, 2000, DAY),
             Err(SessionError::Expired)
         );
     }
@@ -243,9 +276,12 @@ mod tests {
     #[test]
     fn tampering_is_detected() {
         let k = keys(&[A]);
-        let v = sample().encode(&k[0], "_s").unwrap();
+        let v = sample().encode(&k[0], &sc("_s")).unwrap();
         // Under another cookie name the MAC does not hold.
-        assert_eq!(Session::verify(&k, "_t", &v, 1), Err(SessionError::BadMac));
+        assert_eq!(
+            Session::verify(&k, &sc("_t"), &v, 1, DAY),
+            Err(SessionError::BadMac)
+        );
         // Flip each character of the payload and MAC in turn.
         for i in 2..v.len() {
             let mut b = v.clone().into_bytes();
@@ -254,18 +290,19 @@ mod tests {
             }
             b[i] = if b[i] == b'A' { b'B' } else { b'A' };
             let t = String::from_utf8(b).unwrap();
-            assert!(Session::verify(&k, "_s", &t, 1).is_err(), "{i}");
+            assert!(Session::verify(&k, &sc("_s"), &t, 1, DAY).is_err(), "{i}");
         }
         for bad in [
             "",
             "1",
             "1..",
-            "2.AAAA.AAAA",
+            "1.AAAA.AAAA",
+            "3.AAAA.AAAA",
             "1.AAAA.AAAA.AAAA",
             "1.!!.AAAA",
         ] {
             assert_eq!(
-                Session::verify(&k, "_s", bad, 1),
+                Session::verify(&k, &sc("_s"), bad, 1, DAY),
                 Err(SessionError::Malformed),
                 "{bad}"
             );
@@ -273,14 +310,40 @@ mod tests {
     }
 
     #[test]
+    fn bound_to_issuer_and_client_and_current_lifetime() {
+        let k = keys(&[A]);
+        let v = sample().encode(&k[0], &sc("_s")).unwrap();
+        // Same secret and cookie name, another deployment: refused.
+        for other in [
+            "https://other.example.com\napp",
+            "https://issuer.example.com\napp2",
+        ] {
+            let scope = Scope {
+                name: "_s",
+                binding: other,
+            };
+            assert_eq!(
+                Session::verify(&k, &scope, &v, 1001, DAY),
+                Err(SessionError::BadMac)
+            );
+        }
+        // issued_at 1000: a lifetime shortened to 100 s ends it at 1100, before expires_at.
+        assert!(Session::verify(&k, &sc("_s"), &v, 1099, 100).is_ok());
+        assert_eq!(
+            Session::verify(&k, &sc("_s"), &v, 1100, 100),
+            Err(SessionError::Expired)
+        );
+    }
+
+    #[test]
     fn wrong_key_rejected_rotated_key_accepted() {
         let old = keys(&[A]);
-        let v = sample().encode(&old[0], "_s").unwrap();
+        let v = sample().encode(&old[0], &sc("_s")).unwrap();
         assert_eq!(
-            Session::verify(&keys(&[B]), "_s", &v, 1),
+            Session::verify(&keys(&[B]), &sc("_s"), &v, 1, DAY),
             Err(SessionError::BadMac)
         );
-        assert!(Session::verify(&keys(&[B, A]), "_s", &v, 1).is_ok());
+        assert!(Session::verify(&keys(&[B, A]), &sc("_s"), &v, 1, DAY).is_ok());
     }
 
     #[test]
@@ -291,11 +354,11 @@ mod tests {
             state: "s".repeat(43),
             return_url: "/".into(),
         };
-        let v = flow.encode(&k[0], "_s").unwrap();
-        assert!(Session::verify(&k, "_s", &v, 1).is_err());
-        assert_eq!(LoginFlow::verify(&k, "_s", &v, 1).unwrap(), (flow, 0));
+        let v = flow.encode(&k[0], &sc("_s")).unwrap();
+        assert!(Session::verify(&k, &sc("_s"), &v, 1, DAY).is_err());
+        assert_eq!(LoginFlow::verify(&k, &sc("_s"), &v, 1).unwrap(), (flow, 0));
         assert_eq!(
-            LoginFlow::verify(&k, "_s", &v, 10),
+            LoginFlow::verify(&k, &sc("_s"), &v, 10),
             Err(SessionError::Expired)
         );
     }
@@ -305,7 +368,7 @@ mod tests {
         let k = keys(&[A]);
         let mut s = sample();
         s.email = "a".repeat(MAX_CLAIM_LEN + 1);
-        assert_eq!(s.encode(&k[0], "_s"), None);
+        assert_eq!(s.encode(&k[0], &sc("_s")), None);
     }
 
     #[test]

@@ -22,7 +22,8 @@ use crate::flow::{
 use crate::headermap;
 use crate::hostcall::{self, REQUEST_HEADERS};
 use crate::http::Request;
-use crate::idp::{FetchKind, IdpState};
+use crate::idp::{FetchKind, IdpState, UnknownKid, KEY_WAIT_SECS};
+use crate::replay;
 
 /// Bodies from the provider larger than this are refused unread.
 const MAX_IDP_BODY: usize = 1 << 20;
@@ -126,6 +127,21 @@ struct Shared {
     config: Option<Rc<Config>>,
     idp: IdpState,
     log_level: LogLevel,
+    /// Logins whose ID token names a key we lack, waiting for the next JWKS response (see
+    /// `IdpState::on_unknown_kid`); the root answers them, by context id.
+    key_waiters: Vec<KeyWaiter>,
+}
+
+/// Logins that may wait for keys at once; more are answered with 503 and Retry-After.
+const MAX_KEY_WAITERS: usize = 256;
+
+struct KeyWaiter {
+    context_id: u32,
+    kid: String,
+    since: u64,
+    pending: PendingLogin,
+    status: Option<u32>,
+    body: Vec<u8>,
 }
 
 /// Runs `f` with the core's view of the current config and provider; `None` before a
@@ -145,14 +161,16 @@ fn with_ctx<R>(shared: &Shared, now: u64, f: impl FnOnce(&Ctx<'_>) -> R) -> Opti
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
         Box::new(Root {
             shared: Rc::new(RefCell::new(Shared {
                 config: None,
                 idp: IdpState::default(),
                 log_level: LogLevel::Trace,
+                key_waiters: Vec::new(),
             })),
             fetches: HashMap::new(),
+            context_id,
         })
     });
 }}
@@ -160,9 +178,50 @@ proxy_wasm::main! {{
 struct Root {
     shared: Rc<RefCell<Shared>>,
     fetches: HashMap<u32, FetchKind>,
+    context_id: u32,
 }
 
 impl Root {
+    /// Answers the logins waiting for keys: all of them after a JWKS response (`all`), else
+    /// those that waited `KEY_WAIT_SECS`. Each is validated once more with the keys we hold
+    /// now; a kid still missing is remembered as refused.
+    fn answer_key_waiters(&mut self, now: u64, all: bool) {
+        let mut shared = self.shared.borrow_mut();
+        let (due, rest): (Vec<KeyWaiter>, Vec<KeyWaiter>) = std::mem::take(&mut shared.key_waiters)
+            .into_iter()
+            .partition(|w| all || now >= w.since + KEY_WAIT_SECS);
+        shared.key_waiters = rest;
+        if due.is_empty() {
+            return;
+        }
+        for w in &due {
+            if !shared.idp.keys.as_ref().is_some_and(|k| k.has_kid(&w.kid)) {
+                shared.idp.still_unknown(&w.kid, now);
+            }
+        }
+        let replies: Vec<(u32, LocalReply)> = due
+            .into_iter()
+            .map(|w| {
+                let outcome = with_ctx(&shared, now, |ctx| {
+                    flow::on_token_response(ctx, &w.pending, w.status, &w.body, false)
+                });
+                let r = match outcome {
+                    Some(TokenOutcome::Reply(r)) => r,
+                    _ => flow::error_reply(500, "internal_error", Some("no configuration".into())),
+                };
+                (w.context_id, r)
+            })
+            .collect();
+        let level = shared.log_level;
+        drop(shared);
+        for (id, r) in replies {
+            if hostcall::set_effective_context(id).is_ok() {
+                send_reply(level, &r);
+            }
+        }
+        let _ = hostcall::set_effective_context(self.context_id);
+    }
+
     fn poll(&mut self) {
         let Some(now) = now_secs() else { return };
         let mut shared = self.shared.borrow_mut();
@@ -213,6 +272,9 @@ impl Context for Root {
             Err(msg) => log(LogLevel::Warn, &format!("oidc-filter: {msg}")),
         }
         drop(shared);
+        if kind == FetchKind::Jwks {
+            self.answer_key_waiters(now, true);
+        }
         // Discovery loaded: fetch the keys straight away rather than on the next tick.
         self.poll();
     }
@@ -232,6 +294,18 @@ impl RootContext for Root {
                     log(LogLevel::Error, "oidc-filter: cannot set the tick period");
                     return false;
                 }
+                // The host inserts a missing key whatever the CAS token: create the list of
+                // spent logins before any request, so that every claim is a real CAS.
+                match hostcall::shared_data(SPENT_LOGINS_KEY) {
+                    Ok((_, 0)) => {
+                        let _ = hostcall::set_shared_data(SPENT_LOGINS_KEY, &[], 0);
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        log(LogLevel::Error, "oidc-filter: the host has no shared data");
+                        return false;
+                    }
+                }
                 self.poll();
                 true
             }
@@ -246,13 +320,17 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        if let Some(now) = now_secs() {
+            self.answer_key_waiters(now, false);
+        }
         self.poll();
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Filter {
             shared: self.shared.clone(),
             state: Waiting::Nothing,
+            context_id,
         }))
     }
 
@@ -267,12 +345,8 @@ enum Waiting {
         token: u32,
         pending: PendingLogin,
     },
-    Keys {
-        token: u32,
-        pending: PendingLogin,
-        status: Option<u32>,
-        body: Vec<u8>,
-    },
+    /// In `Shared::key_waiters`: the root answers it.
+    Keys,
     /// A reply was sent or the client left: nothing more may happen to this request.
     Done,
 }
@@ -280,35 +354,50 @@ enum Waiting {
 struct Filter {
     shared: Rc<RefCell<Shared>>,
     state: Waiting,
+    context_id: u32,
+}
+
+/// Logs a local reply (never its body or cookies) and sends it on the effective context.
+fn send_reply(log_level: LogLevel, r: &LocalReply) {
+    let level = if r.status >= 500 {
+        LogLevel::Warn
+    } else if r.status >= 400 && r.status != 401 {
+        LogLevel::Info
+    } else {
+        LogLevel::Debug
+    };
+    if enabled(log_level, level) {
+        let detail = r.detail.as_deref().unwrap_or("");
+        log(
+            level,
+            &format!("oidc-filter: {} {} {detail}", r.status, r.reason),
+        );
+    }
+    let pairs: Vec<(&[u8], &[u8])> = r
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+        .collect();
+    let sent = headermap::serialize(&pairs)
+        .ok_or(0)
+        .and_then(|h| hostcall::send_local_response(r.status, &h, r.body.as_bytes()));
+    if sent.is_err() {
+        log(LogLevel::Error, "oidc-filter: could not send a local reply");
+    }
 }
 
 impl Filter {
+    /// Body or trailers arrived: a paused login stays paused; anything else goes on.
+    fn hold(&self) -> Action {
+        match self.state {
+            Waiting::Nothing => Action::Continue,
+            _ => Action::Pause,
+        }
+    }
+
     fn reply(&mut self, r: &LocalReply) {
-        let level = if r.status >= 500 {
-            LogLevel::Warn
-        } else if r.status >= 400 && r.status != 401 {
-            LogLevel::Info
-        } else {
-            LogLevel::Debug
-        };
-        if enabled(self.shared.borrow().log_level, level) {
-            let detail = r.detail.as_deref().unwrap_or("");
-            log(
-                level,
-                &format!("oidc-filter: {} {} {detail}", r.status, r.reason),
-            );
-        }
-        let pairs: Vec<(&[u8], &[u8])> = r
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
-            .collect();
-        let sent = headermap::serialize(&pairs)
-            .ok_or(0)
-            .and_then(|h| hostcall::send_local_response(r.status, &h, r.body.as_bytes()));
-        if sent.is_err() {
-            log(LogLevel::Error, "oidc-filter: could not send a local reply");
-        }
+        let level = self.shared.borrow().log_level;
+        send_reply(level, r);
         self.state = Waiting::Done;
     }
 
@@ -339,27 +428,39 @@ impl Filter {
         };
         match outcome {
             TokenOutcome::Reply(r) => self.reply(&r),
-            TokenOutcome::RefetchJwks => {
+            TokenOutcome::RefetchJwks(kid) => {
                 let mut shared = shared_rc.borrow_mut();
-                let callout = match shared.config.clone() {
-                    Some(cfg) if shared.idp.take_forced_jwks(now) => shared.idp.jwks_callout(&cfg),
-                    _ => None,
-                };
-                drop(shared);
-                match callout.map(|c| dispatch(&c)) {
-                    Some(Ok(token)) => {
-                        log(
-                            LogLevel::Info,
-                            "oidc-filter: ID token names an unknown key; refetching the JWKS",
-                        );
-                        self.state = Waiting::Keys {
-                            token,
-                            pending,
-                            status,
-                            body,
-                        };
-                    }
-                    _ => self.finish_login(pending, status, body, false),
+                let verdict = shared.idp.on_unknown_kid(&kid, now);
+                let full = shared.key_waiters.len() >= MAX_KEY_WAITERS;
+                if verdict == UnknownKid::Wait && !full {
+                    log(
+                        LogLevel::Info,
+                        "oidc-filter: ID token names an unknown key; waiting for a JWKS refetch",
+                    );
+                    shared.key_waiters.push(KeyWaiter {
+                        context_id: self.context_id,
+                        kid,
+                        since: now,
+                        pending,
+                        status,
+                        body,
+                    });
+                    drop(shared);
+                    self.state = Waiting::Keys;
+                    // The root fetches on its next tick (single flight, rate limited).
+                } else if full {
+                    drop(shared);
+                    let mut r = flow::error_reply(
+                        503,
+                        "idp_not_ready",
+                        Some("too many logins waiting for keys".into()),
+                    );
+                    r.headers
+                        .push(("retry-after".into(), flow::RETRY_AFTER_SECS.to_string()));
+                    self.reply(&r);
+                } else {
+                    drop(shared);
+                    self.finish_login(pending, status, body, false);
                 }
             }
         }
@@ -383,47 +484,34 @@ impl Context for Filter {
                 }
                 self.finish_login(pending, status, body, true);
             }
-            Waiting::Keys {
-                token: t,
-                pending,
-                status,
-                body,
-            } if t == token => {
-                let (kstatus, kbody) = callout_result(num_headers, body_size);
-                if let Some(now) = now_secs() {
-                    let mut shared = self.shared.borrow_mut();
-                    if let Some(cfg) = shared.config.clone() {
-                        match shared
-                            .idp
-                            .on_response(&cfg, FetchKind::Jwks, kstatus, &kbody, now)
-                        {
-                            Ok(msg) => log(LogLevel::Info, &format!("oidc-filter: {msg}")),
-                            Err(msg) => log(LogLevel::Warn, &format!("oidc-filter: {msg}")),
-                        }
-                    }
-                }
-                self.finish_login(pending, status, body, false);
-            }
             // Not ours, or the request was already answered or abandoned: drop it.
             other => self.state = other,
         }
     }
 
     fn on_done(&mut self) -> bool {
+        if matches!(self.state, Waiting::Keys) {
+            let id = self.context_id;
+            self.shared
+                .borrow_mut()
+                .key_waiters
+                .retain(|w| w.context_id != id);
+        }
         self.state = Waiting::Done;
         true
     }
 }
 
 impl HttpContext for Filter {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Ok(map) = hostcall::header_map(REQUEST_HEADERS) else {
             return self.fail(500, "internal_error", "cannot read request headers");
         };
         let Some(raw) = headermap::parse(&map) else {
             return self.fail(500, "internal_error", "malformed request header map");
         };
-        let req = Request::from_pairs(&raw);
+        let mut req = Request::from_pairs(&raw);
+        req.body_follows = !end_of_stream;
         let Some(now) = now_secs() else {
             return self.fail(500, "internal_error", "no clock");
         };
@@ -458,13 +546,55 @@ impl HttpContext for Filter {
                 self.reply(&r);
                 Action::Pause
             }
-            Decision::ExchangeCode { callout, pending } => match dispatch(&callout) {
-                Ok(token) => {
-                    self.state = Waiting::Token { token, pending };
+            Decision::ExchangeCode {
+                callout,
+                pending,
+                claim,
+                replayed,
+            } => match claim_login(&claim, now) {
+                Err(()) => self.fail(503, "internal_error", "cannot record the login as spent"),
+                Ok(false) => {
+                    self.reply(&replayed);
                     Action::Pause
                 }
-                Err(e) => self.fail(502, "token_request_failed", &e),
+                Ok(true) => match dispatch(&callout) {
+                    Ok(token) => {
+                        self.state = Waiting::Token { token, pending };
+                        Action::Pause
+                    }
+                    Err(e) => self.fail(502, "token_request_failed", &e),
+                },
             },
         }
     }
+
+    // Defence in depth: while a login waits for the provider, no body data or trailers may
+    // resume the request; only our own local reply ends it.
+    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        self.hold()
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.hold()
+    }
+}
+
+/// Where the spent logins are kept (see `replay`): one list per plugin `vm_id`.
+const SPENT_LOGINS_KEY: &str = "oidc-filter.spent-logins.v1";
+
+/// Records `claim` in the list every worker VM shares, by compare-and-swap. `Ok(false)` when
+/// it was spent already; `Err` when the host's shared data does not work.
+fn claim_login(claim: &flow::LoginClaim, now: u64) -> Result<bool, ()> {
+    for _ in 0..16 {
+        let (list, cas) = hostcall::shared_data(SPENT_LOGINS_KEY).map_err(|_| ())?;
+        let Ok(next) = replay::claim(&list, &claim.id, now, claim.expires_at) else {
+            return Ok(false);
+        };
+        match hostcall::set_shared_data(SPENT_LOGINS_KEY, &next, cas) {
+            Ok(()) => return Ok(true),
+            Err(hostcall::CAS_MISMATCH) => continue,
+            Err(_) => return Err(()),
+        }
+    }
+    Err(())
 }

@@ -28,7 +28,9 @@ fn exchange(
     let (auth, flow) = start_login(w, path);
     let nonce = param(&query(&auth), "nonce");
     match w.request(&callback_request(&auth, &flow)) {
-        Decision::ExchangeCode { callout, pending } => (callout, pending, nonce),
+        Decision::ExchangeCode {
+            callout, pending, ..
+        } => (callout, pending, nonce),
         other => panic!("{other:?}"),
     }
 }
@@ -63,11 +65,11 @@ fn browser_without_session_is_sent_to_the_authorization_endpoint() {
     assert_eq!(cookies.len(), 1);
     let flow = cookies[0];
     assert!(
-        flow.starts_with(&format!("_oauth2_proxy_csrf_{}=1.", &state[..16])),
+        flow.starts_with(&format!("_oauth2_proxy_csrf_{}=2.", &state[..16])),
         "{flow}"
     );
     assert!(
-        flow.ends_with("; Path=/oauth2/callback; Max-Age=600; HttpOnly; Secure; SameSite=Lax"),
+        flow.ends_with("; Path=/; Max-Age=600; HttpOnly; Secure; SameSite=Lax"),
         "{flow}"
     );
 
@@ -142,7 +144,9 @@ fn callback_exchanges_the_code_with_pkce_and_basic_auth() {
     let mut w = World::new(config());
     let (auth, flow) = start_login(&mut w, "/app?x=1");
     let challenge = param(&query(&auth), "code_challenge");
-    let Decision::ExchangeCode { callout, pending } = w.request(&callback_request(&auth, &flow))
+    let Decision::ExchangeCode {
+        callout, pending, ..
+    } = w.request(&callback_request(&auth, &flow))
     else {
         panic!()
     };
@@ -217,7 +221,7 @@ fn token_response_sets_the_session_and_returns_to_the_original_url() {
     assert_eq!(header(&r, "location"), Some("/app?x=1"));
     let cookies = set_cookies(&r);
     assert_eq!(cookies.len(), 2);
-    assert!(cookies[0].starts_with("_oauth2_proxy=1."), "{}", cookies[0]);
+    assert!(cookies[0].starts_with("_oauth2_proxy=2."), "{}", cookies[0]);
     assert!(
         cookies[0].ends_with(
             "; Path=/; Domain=.example.com; Max-Age=604800; HttpOnly; Secure; SameSite=Lax"
@@ -229,7 +233,7 @@ fn token_response_sets_the_session_and_returns_to_the_original_url() {
     assert_eq!(
         cookies[1],
         format!(
-            "{}=; Path=/oauth2/callback; Domain=.example.com; Max-Age=0; HttpOnly; Secure; SameSite=Lax; Expires=Thu, 01 Jan 1970 00:00:00 GMT",
+            "{}=; Path=/; Domain=.example.com; Max-Age=0; HttpOnly; Secure; SameSite=Lax; Expires=Thu, 01 Jan 1970 00:00:00 GMT",
             pending.flow_cookie
         )
     );
@@ -660,7 +664,7 @@ fn unknown_kid_asks_for_the_jwks_once() {
     let token = sign_rs256(k1, &json!({"alg": "RS256", "kid": k1.kid}), &claims(&nonce));
     assert_eq!(
         w.token_response(&pending, Some(200), &token_body(&token), true),
-        TokenOutcome::RefetchJwks
+        TokenOutcome::RefetchJwks(k1.kid.to_string())
     );
     let r = token_outcome_reply(w.token_response(&pending, Some(200), &token_body(&token), false));
     assert_eq!(r.reason, "id_token_invalid");
@@ -883,6 +887,7 @@ fn cors_preflight_passes_only_when_configured_and_without_identity() {
     let preflight = || {
         let mut r = with_header(get("/api"), "access-control-request-method", "GET");
         r.method = "OPTIONS".into();
+        let r = with_header(r, "origin", "https://web.example.com");
         with_header(r, "x-forwarded-email", "forged@evil.example")
     };
     let mut w = World::new(config());
@@ -897,6 +902,19 @@ fn cors_preflight_passes_only_when_configured_and_without_identity() {
     let mut r = get("/api");
     r.method = "OPTIONS".into();
     assert_eq!(reply(w.request(&r)).status, 401);
+    // Nor one without Origin, or with a body (announced, or following the headers).
+    let mut no_origin = preflight();
+    no_origin.headers.retain(|(k, _)| k != "origin");
+    assert_eq!(reply(w.request(&no_origin)).status, 401);
+    let with_length = with_header(preflight(), "content-length", "12");
+    assert_eq!(reply(w.request(&with_length)).status, 401);
+    let chunked = with_header(preflight(), "transfer-encoding", "chunked");
+    assert_eq!(reply(w.request(&chunked)).status, 401);
+    let mut body = preflight();
+    body.body_follows = true;
+    assert_eq!(reply(w.request(&body)).status, 401);
+    let zero = with_header(preflight(), "content-length", "0");
+    assert!(matches!(w.request(&zero), Decision::Continue(_)));
 }
 
 /// Random request parts: a fixed candidate, or fragments glued together.

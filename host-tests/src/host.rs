@@ -751,6 +751,26 @@ impl Host {
         self.finish(context_id);
     }
 
+    /// What became of stream `id` after something else moved it (a root-context callout or
+    /// tick that answered it, say).
+    #[track_caller]
+    pub fn outcome_of(&mut self, id: u32) -> Outcome {
+        self.drive(id)
+    }
+
+    /// Envoy delivering request body data (`proxy_on_request_body`) to stream `id` while the
+    /// plugin holds it paused after its headers, as Envoy does when data arrives. Returns the
+    /// action (0 continue, 1 pause); a continue would resume the request upstream.
+    #[track_caller]
+    pub fn body_while_paused(&mut self, id: u32, size: usize, end_of_stream: bool) -> i32 {
+        let r = self.call::<(i32, i32, i32), i32>(
+            "proxy_on_request_body",
+            (id as i32, size as i32, i32::from(end_of_stream)),
+            id,
+        );
+        self.must(r).unwrap_or(0)
+    }
+
     /// Answers callout `token` with `status`, `headers` (`:status` is added) and `body`,
     /// through `proxy_on_http_call_response`. Returns what became of the stream that made
     /// the call, or [`Outcome::Background`] for a root-context callout.

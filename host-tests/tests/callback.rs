@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use host_tests::{Host, Outcome, Request};
+use host_tests::{Callout, Host, Outcome, Request};
 use serde_json::{json, Value};
 
 /// Runs a login whose token endpoint answers `status` / `body` and expects `code`.
@@ -273,6 +273,20 @@ fn email_rules() {
     assert_eq!(out.status(), Some(302));
 }
 
+/// The login waits; the root fetches the JWKS on its next tick and answers the login.
+fn wait_for_keys(host: &mut Host, waiting: u32) -> Callout {
+    assert!(host.is_paused(waiting));
+    assert!(
+        host.pending_callouts().is_empty(),
+        "no fetch from the request itself"
+    );
+    host.advance(Duration::from_secs(1));
+    let pending = host.pending_callouts();
+    assert_eq!(pending.len(), 1, "one JWKS refetch: {pending:#?}");
+    assert_eq!(pending[0].path(), "/jwks");
+    pending[0].clone()
+}
+
 #[test]
 fn unknown_kid_refetches_the_jwks_then_accepts() {
     let mut host = ready_host(json!({}));
@@ -286,13 +300,34 @@ fn unknown_kid_refetches_the_jwks_then_accepts() {
         &[],
         token_response(&id_token(key(1), &claims(now, &login.nonce))),
     );
-    let pending = out.expect_paused();
-    assert_eq!(pending.len(), 1, "a JWKS refetch: {pending:#?}");
-    assert_eq!(pending[0].path(), "/jwks");
-    let out = host.respond(pending[0].token, 200, &[], jwks(&[key(0), key(1)]));
-    let r = out.expect_reply();
+    assert!(out.expect_paused().is_empty());
+    let fetch = wait_for_keys(&mut host, c[0].context_id);
+    host.respond(fetch.token, 200, &[], jwks(&[key(0), key(1)]));
+    let r = host.outcome_of(c[0].context_id).expect_reply();
     assert_eq!(r.status, 302, "{r:#?}");
     assert_eq!(r.header("location"), Some("/app"));
+}
+
+#[test]
+fn logins_waiting_for_keys_share_one_fetch() {
+    let mut host = ready_host(json!({}));
+    let mut waiting = Vec::new();
+    for code in ["code-1", "code-2", "code-3"] {
+        let login = begin_login(&mut host, browser("/app"));
+        let c = callback_paused(&mut host, &login, code);
+        let now = host.now_secs();
+        let t = token_response(&id_token(key(1), &claims(now, &login.nonce)));
+        assert!(host
+            .respond(c[0].token, 200, &[], t)
+            .expect_paused()
+            .is_empty());
+        waiting.push(c[0].context_id);
+    }
+    let fetch = wait_for_keys(&mut host, waiting[0]);
+    host.respond(fetch.token, 200, &[], jwks(&[key(0), key(1)]));
+    for id in waiting {
+        assert_eq!(host.outcome_of(id).expect_reply().status, 302);
+    }
 }
 
 #[test]
@@ -302,13 +337,11 @@ fn unknown_kid_still_unknown_after_refetch_is_refused_and_rate_limited() {
     let c = callback_paused(&mut host, &login, "code-1");
     let now = host.now_secs();
     let forged = token_response(&id_token(key(2), &claims(now, &login.nonce)));
-    let pending = host.respond(c[0].token, 200, &[], &forged).expect_paused();
-    assert_reply(
-        host.respond(pending[0].token, 200, &[], jwks(&[key(0)])),
-        502,
-        "id_token_invalid",
-    );
-    // A second unknown kid right after: no second refetch (rate limit), refused at once.
+    host.respond(c[0].token, 200, &[], &forged);
+    let fetch = wait_for_keys(&mut host, c[0].context_id);
+    host.respond(fetch.token, 200, &[], jwks(&[key(0)]));
+    assert_reply(host.outcome_of(c[0].context_id), 502, "id_token_invalid");
+    // The same unknown kid right after: no second refetch, refused at once.
     let login = begin_login(&mut host, browser("/app"));
     let c = callback_paused(&mut host, &login, "code-2");
     let forged = token_response(&id_token(key(2), &claims(now, &login.nonce)));
@@ -317,15 +350,54 @@ fn unknown_kid_still_unknown_after_refetch_is_refused_and_rate_limited() {
         502,
         "id_token_invalid",
     );
-    // JWKS refetch failing: refused too.
-    host.advance(Duration::from_secs(31));
-    serve_refresh(&mut host, &[key(0)]);
+    // A real rotation right after the forged kid (here 2 s later): it is not blocked; its
+    // refetch waits for the overall interval, then the login completes.
     let login = begin_login(&mut host, browser("/app"));
     let c = callback_paused(&mut host, &login, "code-3");
     let now = host.now_secs();
-    let forged = token_response(&id_token(key(2), &claims(now, &login.nonce)));
-    let pending = host.respond(c[0].token, 200, &[], &forged).expect_paused();
-    assert_reply(host.timeout(pending[0].token), 502, "id_token_invalid");
+    let rotated = token_response(&id_token(key(1), &claims(now, &login.nonce)));
+    assert!(host
+        .respond(c[0].token, 200, &[], rotated)
+        .expect_paused()
+        .is_empty());
+    host.advance(Duration::from_secs(6));
+    let pending = host.pending_callouts();
+    assert_eq!(pending.len(), 1, "{pending:#?}");
+    host.respond(pending[0].token, 200, &[], jwks(&[key(0), key(1)]));
+    assert_eq!(host.outcome_of(c[0].context_id).expect_reply().status, 302);
+}
+
+#[test]
+fn a_replayed_callback_makes_no_second_token_request() {
+    let mut host = ready_host(json!({}));
+    let login = begin_login(&mut host, browser("/app"));
+    let c = callback_paused(&mut host, &login, "code-1");
+    // The same callback again (reload, back button, replayed URL) while the first waits:
+    // answered at once, no callout.
+    let again = host.request(callback_request(&login, "code-1"));
+    assert_reply(again, 403, "callback_replayed");
+    assert_eq!(host.pending_callouts().len(), 1);
+    let now = host.now_secs();
+    let out = host.respond(
+        c[0].token,
+        200,
+        &[],
+        token_response(&id_token(key(0), &claims(now, &login.nonce))),
+    );
+    assert_eq!(out.expect_reply().status, 302);
+}
+
+#[test]
+fn body_data_never_resumes_a_paused_login() {
+    let mut host = ready_host(json!({}));
+    let login = begin_login(&mut host, browser("/app"));
+    let c = callback_paused(&mut host, &login, "code-1");
+    assert_eq!(
+        host.body_while_paused(c[0].context_id, 10, true),
+        1,
+        "must pause"
+    );
+    assert!(host.is_paused(c[0].context_id));
 }
 
 #[test]

@@ -38,7 +38,8 @@ fn tampered_cookies_are_refused() {
     let variants = [
         format!("{}.{}.{}", parts[0], flip(parts[1]), parts[2]),
         format!("{}.{}.{}", parts[0], parts[1], flip(parts[2])),
-        format!("2.{}.{}", parts[1], parts[2]),
+        format!("1.{}.{}", parts[1], parts[2]),
+        format!("3.{}.{}", parts[1], parts[2]),
         format!("{}.{}", parts[0], parts[1]),
         format!("{}.{}.", parts[0], parts[1]),
         format!("{v}.x"),

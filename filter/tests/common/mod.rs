@@ -20,7 +20,7 @@ pub const NOW: u64 = 1_800_000_000;
 pub const ISSUER: &str = "https://issuer.example.com";
 pub const CLIENT_ID: &str = "app";
 pub const SECRET_A: &str = "q83vEjRWeJCrze8SNFZ4kA==";
-pub const SECRET_B: &str = "3q2-7wAAAAAAAAAAAAAAAA==";
+pub const SECRET_B: &str = "BjsqLqI3hVQyzn3bvtp9kg==";
 
 pub fn b64(b: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(b)
@@ -188,6 +188,7 @@ pub fn get(path: &str) -> Request<'static> {
         authority: "app.example.com".into(),
         path: path.to_string().into(),
         headers: vec![("accept".into(), "text/html,application/xhtml+xml".into())],
+        body_follows: false,
     }
 }
 
@@ -305,7 +306,8 @@ pub fn start_login(w: &mut World, path: &str) -> (String, (String, String)) {
     let r = reply(w.request(&get(path)));
     assert_eq!(r.status, 302, "{r:?}");
     let loc = header(&r, "location").unwrap().to_string();
-    let c = cookie_pair(set_cookies(&r)[0]);
+    // Clears of stale login cookies come first; the new one is last.
+    let c = cookie_pair(set_cookies(&r).last().unwrap());
     (loc, c)
 }
 

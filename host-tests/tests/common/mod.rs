@@ -23,7 +23,7 @@ pub const CLIENT_ID: &str = "app";
 pub const CLIENT_SECRET: &str = "s3cr:t&";
 pub const COOKIE: &str = "_oauth2_proxy";
 pub const SECRET_A: &str = "q83vEjRWeJCrze8SNFZ4kA==";
-pub const SECRET_B: &str = "3q2-7wAAAAAAAAAAAAAAAA==";
+pub const SECRET_B: &str = "BjsqLqI3hVQyzn3bvtp9kg==";
 pub const APP: &str = "app.example.com";
 
 pub fn b64url(b: &[u8]) -> String {
@@ -339,7 +339,7 @@ pub fn begin_login(host: &mut Host, req: Request) -> Login {
     assert_eq!(cookies.len(), 1, "one flow cookie: {cookies:#?}");
     let flow_cookie = cookies[0].clone();
     assert_eq!(flow_cookie.name, format!("{COOKIE}_csrf_{}", &state[..16]));
-    assert_eq!(flow_cookie.attr("Path"), Some("/oauth2/callback"));
+    assert_eq!(flow_cookie.attr("Path"), Some("/"));
     assert_eq!(flow_cookie.attr("Max-Age"), Some("600"));
     assert!(
         flow_cookie.has("HttpOnly") && flow_cookie.has("Secure"),
