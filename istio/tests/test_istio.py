@@ -489,6 +489,20 @@ def validate_istio_resource(crds, doc) -> list[str]:
     return errs
 
 
+def tls_name_errors(dr: dict) -> list:
+    """What is wrong with a DestinationRule's TLS settings: every TLS origination (SIMPLE or
+    MUTUAL, at the top or per port) must name the certificate it expects in subjectAltNames,
+    or Envoy accepts any certificate a trusted CA issued for any name."""
+    tp = dr.get("spec", {}).get("trafficPolicy") or {}
+    settings = [("trafficPolicy.tls", tp.get("tls"))]
+    settings += [(f"portLevelSettings[{i}].tls", pl.get("tls")) for i, pl in enumerate(tp.get("portLevelSettings") or [])]
+    errs = []
+    for where, tls in settings:
+        if tls and tls.get("mode") in ("SIMPLE", "MUTUAL") and not tls.get("subjectAltNames"):
+            errs.append(f"{dr['metadata']['name']}: {where}: mode {tls['mode']} without subjectAltNames")
+    return errs
+
+
 # ======================================================================================
 # Tests: YAML
 
@@ -720,6 +734,7 @@ def test_manifest_set_is_coherent(name):
         tls = next((pl["tls"] for pl in tp.get("portLevelSettings", []) if pl["port"]["number"] == port), tp.get("tls"))
         assert tls and tls["mode"] == "SIMPLE", f"{host}:{port} needs TLS origination (mode SIMPLE)"
         assert tls.get("sni") == host
+        assert host in (tls.get("subjectAltNames") or []), f"{host}:{port}: the certificate name is not checked"
 
     # the example: Gateway on the same pods, VirtualService bound to it for the same hosts
     for gw in of_kind(docs, "Gateway"):
@@ -967,3 +982,25 @@ def test_example_readme_lists_every_file():
     text = (d / "README.md").read_text(encoding="utf-8")
     for p in MANIFEST_SETS["examples/prometheus"]:
         assert f"({p.relative_to(d)})" in text, p.name
+
+
+def test_every_tls_destinationrule_checks_the_certificate_name():
+    drs = [(rel(p), d) for p in YAML_FILES for d in load_yaml_docs(p)
+           if d and d.get("kind") == "DestinationRule"]
+    assert drs, "no DestinationRule shipped"
+    for path, dr in drs:
+        assert tls_name_errors(dr) == [], path
+
+
+@pytest.mark.parametrize("tls, ok", [
+    ({"mode": "SIMPLE", "sni": "idp.example.com"}, False),
+    ({"mode": "MUTUAL", "sni": "idp.example.com", "subjectAltNames": []}, False),
+    ({"mode": "SIMPLE", "sni": "idp.example.com", "subjectAltNames": ["idp.example.com"]}, True),
+    ({"mode": "DISABLE"}, True),
+])
+def test_tls_without_subject_alt_names_is_refused(tls, ok):
+    top = {"metadata": {"name": "dr"}, "spec": {"host": "idp.example.com", "trafficPolicy": {"tls": tls}}}
+    per_port = {"metadata": {"name": "dr"}, "spec": {"host": "idp.example.com", "trafficPolicy": {
+        "portLevelSettings": [{"port": {"number": 443}, "tls": tls}]}}}
+    for dr in (top, per_port):
+        assert (tls_name_errors(dr) == []) == ok, (dr, tls_name_errors(dr))
