@@ -844,26 +844,31 @@ impl Config {
     }
 }
 
-/// The client secret, inline (a string) or by the name of a VM environment variable, taken
-/// whole: a comma or a space in it is part of the secret, never a separator.
-fn client_secret_from(f: &mut Fields, env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
-    let (key, env_key) = ("client_secret", "client_secret_env");
+/// Where a secret option's value is: inline under `key`, or in the VM environment variable
+/// that `env_key` names.
+enum SecretText {
+    Inline,
+    Env(String),
+}
+
+/// Which of `key` / `env_key` holds the secret (exactly one must), reading the environment
+/// variable if it is that one.
+fn secret_source(
+    f: &mut Fields,
+    key: &str,
+    env_key: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<SecretText> {
     match (f.present(key), f.present(env_key)) {
         (true, true) => {
             f.err(key, format!("set either {key} or {env_key}, not both"));
             None
         }
-        (true, false) => match f.map.get(key) {
-            Some(Value::String(s)) => Some(s.clone()),
-            _ => {
-                f.err(key, "must be a string (one secret)");
-                None
-            }
-        },
+        (true, false) => Some(SecretText::Inline),
         (false, true) => {
             let name = f.required_string(env_key)?;
             match env(&name) {
-                Some(v) if !v.is_empty() => Some(v),
+                Some(v) if !v.trim().is_empty() => Some(SecretText::Env(v)),
                 _ => {
                     f.err(
                         env_key,
@@ -880,6 +885,21 @@ fn client_secret_from(f: &mut Fields, env: &dyn Fn(&str) -> Option<String>) -> O
     }
 }
 
+/// The client secret, inline (a string) or by the name of a VM environment variable, taken
+/// whole: a comma or a space in it is part of the secret, never a separator.
+fn client_secret_from(f: &mut Fields, env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    match secret_source(f, "client_secret", "client_secret_env", env)? {
+        SecretText::Env(v) => Some(v),
+        SecretText::Inline => match f.map.get("client_secret") {
+            Some(Value::String(s)) => Some(s.clone()),
+            _ => {
+                f.err("client_secret", "must be a string (one secret)");
+                None
+            }
+        },
+    }
+}
+
 /// Reads a secret option that may be given inline (string or list) or by the name of a VM
 /// environment variable (one secret, or a comma-separated list).
 fn secret_from(
@@ -888,36 +908,14 @@ fn secret_from(
     env_key: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Option<Vec<String>> {
-    let inline = f.present(key);
-    let by_env = f.present(env_key);
-    match (inline, by_env) {
-        (true, true) => {
-            f.err(key, format!("set either {key} or {env_key}, not both"));
-            None
-        }
-        (true, false) => f.string_list(key),
-        (false, true) => {
-            let name = f.required_string(env_key)?;
-            match env(&name) {
-                Some(v) if !v.trim().is_empty() => Some(
-                    v.split(',')
-                        .map(|s| s.trim().to_string())
-                        .filter(|s| !s.is_empty())
-                        .collect(),
-                ),
-                _ => {
-                    f.err(
-                        env_key,
-                        format!("the VM environment variable {name:?} is not set or empty"),
-                    );
-                    None
-                }
-            }
-        }
-        (false, false) => {
-            f.err(key, format!("is required (or {env_key})"));
-            None
-        }
+    match secret_source(f, key, env_key, env)? {
+        SecretText::Inline => f.string_list(key),
+        SecretText::Env(v) => Some(
+            v.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+        ),
     }
 }
 
