@@ -446,7 +446,12 @@ impl Config {
         };
         for key in map.keys() {
             if !KNOWN_KEYS.contains(&key.as_str()) {
-                f.err(key, "unknown option");
+                // An empty or unprintable key is named quoted, so the line still names it.
+                if key.is_empty() || key.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                    f.err(&format!("{key:?}"), "unknown option");
+                } else {
+                    f.err(key, "unknown option");
+                }
             }
         }
 
@@ -1026,6 +1031,16 @@ mod tests {
         let mut v = base();
         v["cookie_secret"] = "abc".into();
         assert_eq!(fields(&v), vec!["cookie_secret"]);
+    }
+
+    #[test]
+    fn unknown_keys_are_named_even_when_empty() {
+        let mut v = base();
+        v[""] = 1.into();
+        v["a\nb"] = 1.into();
+        let errs = parse(&v).unwrap_err();
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["\"\"", "\"a\\nb\""]);
     }
 
     #[test]
