@@ -3,6 +3,7 @@
 #   make demo    Envoy + the filter + a local OpenID provider + a sample upstream
 #   make test    everything CI runs
 #   make wasm    dist/oidc_filter.wasm
+#   make fuzz    fuzz every parser (FUZZ_SECONDS=60 each)
 #
 
 SHELL := /bin/bash
@@ -14,7 +15,7 @@ SOURCES   := $(shell find filter/src -name '*.rs') filter/Cargo.toml Cargo.toml 
 NOOP_WASM := dist/noop.wasm
 FLOOR_WASM := dist/cookie_floor.wasm
 
-.PHONY: help wasm test unit lint fmt-check e2e host-tests demo bench bench-host image istio-test clean
+.PHONY: help wasm test unit lint fmt-check e2e host-tests demo bench bench-host image istio-test clean fuzz fuzz-replay
 
 help:
 	@echo "make demo | make test | make wasm | make bench | make image"
@@ -62,7 +63,18 @@ istio-test:
 image: $(WASM)
 	python3 istio/build-image.py --wasm $(WASM) --out dist/oidc-filter-image
 
-test: fmt-check lint unit $(WASM) host-tests istio-test e2e
+# Coverage-guided fuzzing of the parsers (filter/fuzz): each target FUZZ_SECONDS, or a few
+# targets with FUZZ_TARGETS="config jwks". Not part of `make test`, which only replays the
+# committed seed corpus (fuzz-replay).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?=
+fuzz:
+	bash filter/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+fuzz-replay:
+	bash filter/fuzz/run.sh --replay
+
+test: fmt-check lint unit fuzz-replay $(WASM) host-tests istio-test e2e
 	@echo "make test: all passed"
 
 # Not part of `make test`: about two minutes of load. e.g. BENCH_ARGS="--rounds 5".
