@@ -459,8 +459,21 @@ impl Config {
         let issuer = f.required_string("oidc_issuer_url");
         let issuer_url = issuer.as_deref().and_then(|i| f.url("oidc_issuer_url", i));
         if let Some(u) = &issuer_url {
-            if u.query().is_some() {
-                f.err("oidc_issuer_url", "must not contain a query");
+            if u.query().is_some() || u.fragment().is_some() {
+                f.err("oidc_issuer_url", "must not contain a query or fragment");
+            } else if let Some(i) = issuer.as_deref() {
+                // ID tokens' `iss` is compared exactly, and discovery is fetched from the
+                // parsed URL: the two must be the same string, so take only a canonical one.
+                let canonical = u.as_str();
+                if canonical != i && canonical.strip_suffix('/') != Some(i) {
+                    f.err(
+                        "oidc_issuer_url",
+                        &format!(
+                            "must be written as {:?} (ID tokens' iss is compared exactly)",
+                            canonical.trim_end_matches('/')
+                        ),
+                    );
+                }
             }
         }
         let discovery_url = issuer.as_deref().and_then(|i| {
@@ -1003,6 +1016,35 @@ mod tests {
                 "oidc_issuer_url",
             ]
         );
+    }
+
+    #[test]
+    fn issuer_must_be_canonical() {
+        // What discovery fetches and what `iss` is compared with must be one string.
+        for ok in [
+            "https://issuer.example.com",
+            "https://issuer.example.com/",
+            "https://login.example.org/tenant/v2.0",
+            "https://issuer.example.com:8443/realms/x",
+        ] {
+            let mut v = base();
+            v["oidc_issuer_url"] = ok.into();
+            assert_eq!(fields(&v), Vec::<String>::new(), "{ok}");
+        }
+        for bad in [
+            "https:/issuer.example.com/tenant",
+            "HTTPS://issuer.example.com",
+            "https://Issuer.example.com",
+            "https://issuer.example.com:443/x",
+            "https://issuer.example.com/a/../b",
+            "https://issuer.example.com/#x",
+        ] {
+            let mut v = base();
+            v["oidc_issuer_url"] = bad.into();
+            let e = parse(&v).unwrap_err();
+            assert_eq!(e.len(), 1, "{bad}: {e:?}");
+            assert_eq!(e[0].field, "oidc_issuer_url", "{bad}");
+        }
     }
 
     #[test]
