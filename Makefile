@@ -11,7 +11,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 WASM      := dist/oidc_filter.wasm
-SOURCES   := $(shell find filter/src -name '*.rs') filter/Cargo.toml Cargo.toml $(wildcard Cargo.lock)
+SOURCES   := $(shell find filter/src filter/core/src -name '*.rs') filter/Cargo.toml filter/core/Cargo.toml Cargo.toml $(wildcard Cargo.lock)
 NOOP_WASM := dist/noop.wasm
 FLOOR_WASM := dist/cookie_floor.wasm
 
@@ -36,11 +36,11 @@ $(FLOOR_WASM): filter/examples/cookie_floor.rs filter/Cargo.toml Cargo.toml filt
 	bash filter/build-wasm.sh $@ --example cookie_floor
 
 unit:
-	cargo test -p oidc-filter
+	cargo test -p oidc-filter-core -p oidc-filter
 
 lint:
-	cargo clippy -p oidc-filter --all-targets -- -D warnings
-	cargo clippy -p oidc-filter --lib --release -- -D warnings
+	cargo clippy -p oidc-filter-core -p oidc-filter --all-targets -- -D warnings
+	cargo clippy -p oidc-filter-core -p oidc-filter --lib --release -- -D warnings
 	cargo clippy -p host-tests --all-targets -- -D warnings
 
 fmt-check:

@@ -65,7 +65,8 @@ fn main() -> Result<(), Box<dyn Error>> {
         lines.join("\n")
     })?;
     let key = cfg.keys.first().ok_or("no cookie secret")?;
-    let name = &cfg.cookie.name;
+    let p = cfg.providers.first().ok_or("no provider")?;
+    let name = &p.cookie_name;
 
     let session = Session {
         expires_at: now + ttl,
@@ -75,7 +76,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         preferred_username: "bench.user".into(),
     };
     let session_value = session
-        .encode(key, &cfg.scope(name))
+        .encode(key, &p.scope(name))
         .ok_or("session cookie too large")?;
 
     let mut rng = ChaCha20Rng::seed_from_u64(0xbe7c);
@@ -89,7 +90,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         return_url: "/".into(),
     };
     let flow_value = flow
-        .encode(key, &cfg.scope(&flow_name))
+        .encode(key, &p.scope(&flow_name))
         .ok_or("flow cookie too large")?;
     let nonce = derive_nonce(key, &state);
 
@@ -100,7 +101,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         "n": b64url(&public.n().to_bytes_be()), "e": b64url(&public.e().to_bytes_be()),
     }]});
     let claims = json!({
-        "iss": cfg.issuer, "aud": cfg.client_id, "azp": cfg.client_id,
+        "iss": p.issuer, "aud": p.client_id, "azp": p.client_id,
         "sub": session.sub, "email": session.email, "email_verified": true,
         "preferred_username": session.preferred_username, "name": "Bench User",
         "exp": now + ttl, "iat": now, "auth_time": now, "nonce": nonce,

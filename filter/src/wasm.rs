@@ -7,7 +7,6 @@
 //! our cookies). Every crossing into the host costs more than the work on either side.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -15,15 +14,15 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
-use crate::config::Config;
-use crate::flow::{
-    self, Callout, Ctx, Decision, HeaderOp, Idp, LocalReply, PendingLogin, TokenOutcome,
-};
-use crate::headermap;
+use oidc_filter_core::config::Config;
+use oidc_filter_core::engine::{Engine, LogLine, Response, Step, Stream};
+use oidc_filter_core::flow::{self, Callout, HeaderOp, LocalReply};
+use oidc_filter_core::headermap;
+use oidc_filter_core::http::Request;
+use oidc_filter_core::reason::{Level, Reason};
+use oidc_filter_core::replay;
+
 use crate::hostcall::{self, REQUEST_HEADERS};
-use crate::http::Request;
-use crate::idp::{FetchKind, IdpState, UnknownKid, KEY_WAIT_SECS};
-use crate::replay;
 
 /// Bodies from the provider larger than this are refused unread.
 const MAX_IDP_BODY: usize = 1 << 20;
@@ -107,56 +106,48 @@ fn dispatch(c: &Callout) -> Result<u32, String> {
     .map_err(|s| format!("dispatch to cluster {:?} failed: {s:?}", c.cluster))
 }
 
-/// Status and body of the callout response being delivered (`None` status: no response).
-fn callout_result(num_headers: usize, body_size: usize) -> (Option<u32>, Vec<u8>) {
+/// The callout response being delivered, read whole unless larger than `MAX_IDP_BODY`.
+fn callout_response(num_headers: usize, body_size: usize) -> Response {
     if num_headers == 0 {
-        return (None, Vec::new());
+        return Response::default();
     }
     let map = hostcall::header_map(hostcall::CALLOUT_RESPONSE_HEADERS).unwrap_or_default();
     let status = headermap::parse(&map)
         .and_then(|pairs| pairs.into_iter().find(|(k, _)| *k == b":status"))
         .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u32>().ok());
     if body_size > MAX_IDP_BODY {
-        return (status.map(|_| 0), Vec::new());
+        return Response {
+            status,
+            body: Vec::new(),
+            too_large: true,
+        };
     }
     let body = hostcall::buffer(hostcall::CALLOUT_RESPONSE_BODY, 0, body_size).unwrap_or_default();
-    (status, body)
+    Response {
+        status,
+        body,
+        too_large: false,
+    }
 }
 
+fn host_level(l: Level) -> LogLevel {
+    match l {
+        Level::Debug => LogLevel::Debug,
+        Level::Info => LogLevel::Info,
+        Level::Warn => LogLevel::Warn,
+    }
+}
+
+fn emit(lines: Vec<LogLine>) {
+    for (level, msg) in lines {
+        log(host_level(level), &format!("oidc-filter: {msg}"));
+    }
+}
+
+/// What the root and every request of one VM share: the engine, once configured.
 struct Shared {
-    config: Option<Rc<Config>>,
-    idp: IdpState,
+    engine: Option<Engine>,
     log_level: LogLevel,
-    /// Logins whose ID token names a key we lack, waiting for the next JWKS response (see
-    /// `IdpState::on_unknown_kid`); the root answers them, by context id.
-    key_waiters: Vec<KeyWaiter>,
-}
-
-/// Logins that may wait for keys at once; more are answered with 503 and Retry-After.
-const MAX_KEY_WAITERS: usize = 256;
-
-struct KeyWaiter {
-    context_id: u32,
-    kid: String,
-    since: u64,
-    pending: PendingLogin,
-    status: Option<u32>,
-    body: Vec<u8>,
-}
-
-/// Runs `f` with the core's view of the current config and provider; `None` before a
-/// configuration was accepted.
-fn with_ctx<R>(shared: &Shared, now: u64, f: impl FnOnce(&Ctx<'_>) -> R) -> Option<R> {
-    let cfg = shared.config.as_deref()?;
-    let idp = match (&shared.idp.provider, &shared.idp.keys) {
-        (Some(provider), Some(keys)) => Some(Idp { provider, keys }),
-        _ => None,
-    };
-    Some(f(&Ctx {
-        config: cfg,
-        idp,
-        now,
-    }))
 }
 
 proxy_wasm::main! {{
@@ -164,12 +155,9 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
         Box::new(Root {
             shared: Rc::new(RefCell::new(Shared {
-                config: None,
-                idp: IdpState::default(),
+                engine: None,
                 log_level: LogLevel::Trace,
-                key_waiters: Vec::new(),
             })),
-            fetches: HashMap::new(),
             context_id,
         })
     });
@@ -177,76 +165,36 @@ proxy_wasm::main! {{
 
 struct Root {
     shared: Rc<RefCell<Shared>>,
-    fetches: HashMap<u32, FetchKind>,
     context_id: u32,
 }
 
 impl Root {
-    /// Answers the logins waiting for keys: all of them after a JWKS response (`all`), else
-    /// those that waited `KEY_WAIT_SECS`. Each is validated once more with the keys we hold
-    /// now; a kid still missing is remembered as refused.
-    fn answer_key_waiters(&mut self, now: u64, all: bool) {
+    /// Carries out what the engine has due: the logins it answers (on their own contexts),
+    /// then the fetches it wants sent.
+    fn pump(&mut self) {
+        let Some(now) = now_secs() else { return };
+        let mut logs = Vec::new();
         let mut shared = self.shared.borrow_mut();
-        let (due, rest): (Vec<KeyWaiter>, Vec<KeyWaiter>) = std::mem::take(&mut shared.key_waiters)
-            .into_iter()
-            .partition(|w| all || now >= w.since + KEY_WAIT_SECS);
-        shared.key_waiters = rest;
-        if due.is_empty() {
+        let level = shared.log_level;
+        let Some(engine) = shared.engine.as_mut() else {
+            return;
+        };
+        let answers = engine.poll_answers(now);
+        for f in engine.poll_fetches(now, &mut logs) {
+            let sent = dispatch(&f.callout);
+            engine.fetch_sent(&f, sent, now, &mut logs);
+        }
+        drop(shared);
+        emit(logs);
+        if answers.is_empty() {
             return;
         }
-        for w in &due {
-            if !shared.idp.keys.as_ref().is_some_and(|k| k.has_kid(&w.kid)) {
-                shared.idp.still_unknown(&w.kid, now);
-            }
-        }
-        let replies: Vec<(u32, LocalReply)> = due
-            .into_iter()
-            .map(|w| {
-                let outcome = with_ctx(&shared, now, |ctx| {
-                    flow::on_token_response(ctx, &w.pending, w.status, &w.body, false)
-                });
-                let r = match outcome {
-                    Some(TokenOutcome::Reply(r)) => r,
-                    _ => flow::error_reply(500, "internal_error", Some("no configuration".into())),
-                };
-                (w.context_id, r)
-            })
-            .collect();
-        let level = shared.log_level;
-        drop(shared);
-        for (id, r) in replies {
+        for (id, r) in answers {
             if hostcall::set_effective_context(id).is_ok() {
                 send_reply(level, &r);
             }
         }
         let _ = hostcall::set_effective_context(self.context_id);
-    }
-
-    fn poll(&mut self) {
-        let Some(now) = now_secs() else { return };
-        let mut shared = self.shared.borrow_mut();
-        let Some(cfg) = shared.config.clone() else {
-            return;
-        };
-        let (kind, callout, url) = match shared.idp.poll(&cfg, now) {
-            Ok(Some(fetch)) => fetch,
-            Ok(None) => return,
-            Err(why) => {
-                log(LogLevel::Error, &format!("oidc-filter: {why}"));
-                return;
-            }
-        };
-        match dispatch(&callout) {
-            Ok(token) => {
-                self.fetches.insert(token, kind);
-            }
-            Err(e) => {
-                let msg = match shared.idp.on_response(&cfg, kind, None, &[], now) {
-                    Ok(m) | Err(m) => m,
-                };
-                log(LogLevel::Warn, &format!("oidc-filter: {url}: {e}; {msg}"));
-            }
-        }
     }
 }
 
@@ -258,79 +206,67 @@ impl Context for Root {
         body_size: usize,
         _: usize,
     ) {
-        let Some(kind) = self.fetches.remove(&token) else {
-            return;
-        };
-        let (status, body) = callout_result(num_headers, body_size);
         let Some(now) = now_secs() else { return };
-        let mut shared = self.shared.borrow_mut();
-        let Some(cfg) = shared.config.clone() else {
-            return;
+        let resp = callout_response(num_headers, body_size);
+        let mut logs = Vec::new();
+        let handled = match self.shared.borrow_mut().engine.as_mut() {
+            Some(engine) => engine.handle_fetch_response(token, &resp, now, &mut logs),
+            None => false,
         };
-        match shared.idp.on_response(&cfg, kind, status, &body, now) {
-            Ok(msg) => log(LogLevel::Info, &format!("oidc-filter: {msg}")),
-            Err(msg) => log(LogLevel::Warn, &format!("oidc-filter: {msg}")),
+        emit(logs);
+        if handled {
+            // Keys came (answer who waits), or metadata did (fetch the keys now).
+            self.pump();
         }
-        drop(shared);
-        if kind == FetchKind::Jwks {
-            self.answer_key_waiters(now, true);
-        }
-        // Discovery loaded: fetch the keys straight away rather than on the next tick.
-        self.poll();
     }
 }
 
 impl RootContext for Root {
     fn on_configure(&mut self, size: usize) -> bool {
         let raw = hostcall::buffer(hostcall::PLUGIN_CONFIGURATION, 0, size).unwrap_or_default();
-        match Config::parse(&raw, &read_env) {
-            Ok(cfg) => {
-                let mut shared = self.shared.borrow_mut();
-                shared.log_level = hostcalls::get_log_level().unwrap_or(LogLevel::Trace);
-                shared.idp = IdpState::new(&cfg);
-                shared.config = Some(Rc::new(cfg));
-                drop(shared);
-                if hostcalls::set_tick_period(TICK).is_err() {
-                    log(LogLevel::Error, "oidc-filter: cannot set the tick period");
-                    return false;
-                }
-                // The host inserts a missing key whatever the CAS token: create the list of
-                // spent logins before any request, so that every claim is a real CAS.
-                match hostcall::shared_data(SPENT_LOGINS_KEY) {
-                    Ok((_, 0)) => {
-                        let _ = hostcall::set_shared_data(SPENT_LOGINS_KEY, &[], 0);
-                    }
-                    Ok(_) => {}
-                    Err(_) => {
-                        log(LogLevel::Error, "oidc-filter: the host has no shared data");
-                        return false;
-                    }
-                }
-                self.poll();
-                true
-            }
+        let cfg = match Config::parse(&raw, &read_env) {
+            Ok(cfg) => cfg,
             Err(errors) => {
                 for e in errors {
                     log(LogLevel::Error, &e.to_string());
                 }
                 log(LogLevel::Error, "oidc-filter: configuration refused");
-                false
+                return false;
+            }
+        };
+        {
+            let mut shared = self.shared.borrow_mut();
+            shared.log_level = hostcalls::get_log_level().unwrap_or(LogLevel::Trace);
+            shared.engine = Some(Engine::new(cfg));
+        }
+        if hostcalls::set_tick_period(TICK).is_err() {
+            log(LogLevel::Error, "oidc-filter: cannot set the tick period");
+            return false;
+        }
+        // The host inserts a missing key whatever the CAS token: create the list of spent
+        // logins before any request, so that every claim is a real CAS.
+        match hostcall::shared_data(SPENT_LOGINS_KEY) {
+            Ok((_, 0)) => {
+                let _ = hostcall::set_shared_data(SPENT_LOGINS_KEY, &[], 0);
+            }
+            Ok(_) => {}
+            Err(_) => {
+                log(LogLevel::Error, "oidc-filter: the host has no shared data");
+                return false;
             }
         }
+        self.pump();
+        true
     }
 
     fn on_tick(&mut self) {
-        if let Some(now) = now_secs() {
-            self.answer_key_waiters(now, false);
-        }
-        self.poll();
+        self.pump();
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Filter {
             shared: self.shared.clone(),
-            state: Waiting::Nothing,
-            context_id,
+            stream: Stream::new(context_id),
         }))
     }
 
@@ -339,33 +275,14 @@ impl RootContext for Root {
     }
 }
 
-enum Waiting {
-    Nothing,
-    Token {
-        token: u32,
-        pending: PendingLogin,
-    },
-    /// In `Shared::key_waiters`: the root answers it.
-    Keys,
-    /// A reply was sent or the client left: nothing more may happen to this request.
-    Done,
-}
-
 struct Filter {
     shared: Rc<RefCell<Shared>>,
-    state: Waiting,
-    context_id: u32,
+    stream: Stream,
 }
 
 /// Logs a local reply (never its body or cookies) and sends it on the effective context.
 fn send_reply(log_level: LogLevel, r: &LocalReply) {
-    let level = if r.status >= 500 {
-        LogLevel::Warn
-    } else if r.status >= 400 && r.status != 401 {
-        LogLevel::Info
-    } else {
-        LogLevel::Debug
-    };
+    let level = host_level(r.reason.level());
     if enabled(log_level, level) {
         let detail = r.detail.as_deref().unwrap_or("");
         log(
@@ -387,83 +304,50 @@ fn send_reply(log_level: LogLevel, r: &LocalReply) {
 }
 
 impl Filter {
-    /// Body or trailers arrived: a paused login stays paused; anything else goes on.
-    fn hold(&self) -> Action {
-        match self.state {
-            Waiting::Nothing => Action::Continue,
-            _ => Action::Pause,
-        }
-    }
-
-    fn reply(&mut self, r: &LocalReply) {
+    /// Carries out `step` and the steps it leads to.
+    fn run(&mut self, mut step: Step, raw: &[(&[u8], &[u8])], now: u64) -> Action {
         let level = self.shared.borrow().log_level;
-        send_reply(level, r);
-        self.state = Waiting::Done;
-    }
-
-    fn fail(&mut self, status: u32, reason: &'static str, detail: &str) -> Action {
-        self.reply(&flow::error_reply(status, reason, Some(detail.to_string())));
-        Action::Pause
-    }
-
-    /// Runs the token response through the core and acts on the outcome.
-    fn finish_login(
-        &mut self,
-        pending: PendingLogin,
-        status: Option<u32>,
-        body: Vec<u8>,
-        may_refetch: bool,
-    ) {
-        let Some(now) = now_secs() else {
-            self.fail(500, "internal_error", "no clock");
-            return;
-        };
-        let shared_rc = self.shared.clone();
-        let outcome = with_ctx(&shared_rc.borrow(), now, |ctx| {
-            flow::on_token_response(ctx, &pending, status, &body, may_refetch)
-        });
-        let Some(outcome) = outcome else {
-            self.fail(500, "internal_error", "no configuration");
-            return;
-        };
-        match outcome {
-            TokenOutcome::Reply(r) => self.reply(&r),
-            TokenOutcome::RefetchJwks(kid) => {
-                let mut shared = shared_rc.borrow_mut();
-                let verdict = shared.idp.on_unknown_kid(&kid, now);
-                let full = shared.key_waiters.len() >= MAX_KEY_WAITERS;
-                if verdict == UnknownKid::Wait && !full {
-                    log(
-                        LogLevel::Info,
-                        "oidc-filter: ID token names an unknown key; waiting for a JWKS refetch",
-                    );
-                    shared.key_waiters.push(KeyWaiter {
-                        context_id: self.context_id,
-                        kid,
-                        since: now,
-                        pending,
-                        status,
-                        body,
-                    });
-                    drop(shared);
-                    self.state = Waiting::Keys;
-                    // The root fetches on its next tick (single flight, rate limited).
-                } else if full {
-                    drop(shared);
-                    let mut r = flow::error_reply(
-                        503,
-                        "idp_not_ready",
-                        Some("too many logins waiting for keys".into()),
-                    );
-                    r.headers
-                        .push(("retry-after".into(), flow::RETRY_AFTER_SECS.to_string()));
-                    self.reply(&r);
-                } else {
-                    drop(shared);
-                    self.finish_login(pending, status, body, false);
+        loop {
+            step = match step {
+                Step::Forward(fwd) => {
+                    let shared = self.shared.borrow();
+                    let Some(engine) = shared.engine.as_ref() else {
+                        return Action::Continue;
+                    };
+                    for op in flow::header_ops(&engine.config, raw, &fwd) {
+                        let done = match op {
+                            HeaderOp::Remove(k) => hostcall::remove_header(REQUEST_HEADERS, k),
+                            HeaderOp::Replace(k, v) => {
+                                hostcall::replace_header(REQUEST_HEADERS, k, &v)
+                            }
+                            HeaderOp::Add(k, v) => hostcall::add_header(REQUEST_HEADERS, k, &v),
+                        };
+                        if done.is_err() {
+                            drop(shared);
+                            let r = self
+                                .stream
+                                .fail(Reason::InternalError, "cannot rewrite request headers");
+                            send_reply(level, &r);
+                            return Action::Pause;
+                        }
+                    }
+                    return Action::Continue;
                 }
+                Step::Reply(r) => {
+                    send_reply(level, &r);
+                    return Action::Pause;
+                }
+                Step::Claim(claim) => self.stream.handle_claim(claim_login(&claim, now)),
+                Step::Dispatch(callout) => self.stream.handle_dispatch(dispatch(&callout)),
+                Step::Wait => return Action::Pause,
             }
         }
+    }
+
+    fn fail(&mut self, reason: Reason, detail: &str) -> Action {
+        let r = self.stream.fail(reason, detail);
+        send_reply(self.shared.borrow().log_level, &r);
+        Action::Pause
     }
 }
 
@@ -475,29 +359,24 @@ impl Context for Filter {
         body_size: usize,
         _: usize,
     ) {
-        match std::mem::replace(&mut self.state, Waiting::Nothing) {
-            Waiting::Token { token: t, pending } if t == token => {
-                let (status, body) = callout_result(num_headers, body_size);
-                if status.is_some() && body_size > MAX_IDP_BODY {
-                    self.fail(502, "token_response_invalid", "token response too large");
-                    return;
-                }
-                self.finish_login(pending, status, body, true);
-            }
-            // Not ours, or the request was already answered or abandoned: drop it.
-            other => self.state = other,
+        let Some(now) = now_secs() else { return };
+        let resp = callout_response(num_headers, body_size);
+        let step = {
+            let mut shared = self.shared.borrow_mut();
+            let Some(engine) = shared.engine.as_mut() else {
+                return;
+            };
+            self.stream.handle_callout(engine, token, resp, now)
+        };
+        if let Some(step) = step {
+            self.run(step, &[], now);
         }
     }
 
     fn on_done(&mut self) -> bool {
-        if matches!(self.state, Waiting::Keys) {
-            let id = self.context_id;
-            self.shared
-                .borrow_mut()
-                .key_waiters
-                .retain(|w| w.context_id != id);
+        if let Some(engine) = self.shared.borrow_mut().engine.as_mut() {
+            self.stream.handle_done(engine);
         }
-        self.state = Waiting::Done;
         true
     }
 }
@@ -505,67 +384,29 @@ impl Context for Filter {
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Ok(map) = hostcall::header_map(REQUEST_HEADERS) else {
-            return self.fail(500, "internal_error", "cannot read request headers");
+            return self.fail(Reason::InternalError, "cannot read request headers");
         };
         let Some(raw) = headermap::parse(&map) else {
-            return self.fail(500, "internal_error", "malformed request header map");
+            return self.fail(Reason::InternalError, "malformed request header map");
         };
         let mut req = Request::from_pairs(&raw);
         req.body_follows = !end_of_stream;
         let Some(now) = now_secs() else {
-            return self.fail(500, "internal_error", "no clock");
+            return self.fail(Reason::InternalError, "no clock");
         };
         let mut random = || {
             let mut b = [0u8; 32];
             fill_random(&mut b).then_some(b)
         };
-        let shared = self.shared.clone();
-        let shared = shared.borrow();
-        let decision = with_ctx(&shared, now, |ctx| flow::on_request(ctx, &req, &mut random));
-        let Some(decision) = decision else {
-            return self.fail(500, "internal_error", "no configuration");
+        let step = {
+            let shared = self.shared.borrow();
+            let Some(engine) = shared.engine.as_ref() else {
+                drop(shared);
+                return self.fail(Reason::InternalError, "no configuration");
+            };
+            self.stream.handle_request(engine, &req, now, &mut random)
         };
-        match decision {
-            Decision::Continue(fwd) => {
-                let Some(cfg) = shared.config.as_deref() else {
-                    return self.fail(500, "internal_error", "no configuration");
-                };
-                for op in flow::header_ops(cfg, &raw, &fwd) {
-                    let done = match op {
-                        HeaderOp::Remove(k) => hostcall::remove_header(REQUEST_HEADERS, k),
-                        HeaderOp::Replace(k, v) => hostcall::replace_header(REQUEST_HEADERS, k, &v),
-                        HeaderOp::Add(k, v) => hostcall::add_header(REQUEST_HEADERS, k, &v),
-                    };
-                    if done.is_err() {
-                        return self.fail(500, "internal_error", "cannot rewrite request headers");
-                    }
-                }
-                Action::Continue
-            }
-            Decision::Reply(r) => {
-                self.reply(&r);
-                Action::Pause
-            }
-            Decision::ExchangeCode {
-                callout,
-                pending,
-                claim,
-                replayed,
-            } => match claim_login(&claim, now) {
-                Err(()) => self.fail(503, "internal_error", "cannot record the login as spent"),
-                Ok(false) => {
-                    self.reply(&replayed);
-                    Action::Pause
-                }
-                Ok(true) => match dispatch(&callout) {
-                    Ok(token) => {
-                        self.state = Waiting::Token { token, pending };
-                        Action::Pause
-                    }
-                    Err(e) => self.fail(502, "token_request_failed", &e),
-                },
-            },
-        }
+        self.run(step, &raw, now)
     }
 
     // Defence in depth: while a login waits for the provider, no body data or trailers may
@@ -576,6 +417,16 @@ impl HttpContext for Filter {
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         self.hold()
+    }
+}
+
+impl Filter {
+    fn hold(&self) -> Action {
+        if self.stream.holds() {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
     }
 }
 

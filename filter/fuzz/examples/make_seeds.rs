@@ -9,10 +9,10 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use oidc_filter::config::Config;
-use oidc_filter::headermap;
-use oidc_filter::session::{flow_cookie_name, LoginFlow, Session};
-use oidc_filter::util::b64url;
+use oidc_filter_core::config::Config;
+use oidc_filter_core::headermap;
+use oidc_filter_core::session::{flow_cookie_name, LoginFlow, Session};
+use oidc_filter_core::util::b64url;
 use rand_chacha::rand_core::SeedableRng;
 use rsa::signature::{SignatureEncoding, Signer};
 use rsa::traits::PublicKeyParts;
@@ -57,7 +57,7 @@ fn cfg() -> Config {
 
 fn cookies() {
     let c = cfg();
-    let scope = c.scope("_oauth2_proxy");
+    let scope = c.providers[0].scope("_oauth2_proxy");
     let s = Session {
         expires_at: NOW + 3600,
         issued_at: NOW - 60,
@@ -69,7 +69,7 @@ fn cookies() {
     put("session_cookie", "valid-key-b", mode(0, s.encode(&c.keys[1], &scope).unwrap()));
     let old = Session { expires_at: NOW - 1, ..s.clone() };
     put("session_cookie", "expired", mode(0, old.encode(&c.keys[0], &scope).unwrap()));
-    let other = c.scope("_other");
+    let other = c.providers[0].scope("_other");
     put("session_cookie", "other-name", mode(0, s.encode(&c.keys[0], &other).unwrap()));
     put("session_cookie", "malformed", mode(0, "2.AAAA.AAAA"));
     let mut p = Vec::new();
@@ -81,8 +81,8 @@ fn cookies() {
     put("session_cookie", "payload-sealed-key-a", mode(1, &p));
     put("session_cookie", "payload-sealed-key-b", mode(3, &p));
 
-    let name = flow_cookie_name(&c.cookie.name, STATE).unwrap();
-    let fscope = c.scope(&name);
+    let name = flow_cookie_name(&c.providers[0].cookie_name, STATE).unwrap();
+    let fscope = c.providers[0].scope(&name);
     let flow = LoginFlow {
         expires_at: NOW + 600,
         state: STATE.into(),

@@ -10,7 +10,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use oidc_filter::config::{Config, RedirectUrl, SameSite};
+use oidc_filter_core::config::{Config, RedirectUrl, SameSite, Site};
 
 fn env(name: &str) -> Option<String> {
     match name {
@@ -38,8 +38,6 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     assert!(!c.keys.is_empty(), "no cookie key");
-    assert!(!c.client_id.is_empty() && !c.client_secret.expose().is_empty());
-    assert_eq!(c.cookie_binding, format!("{}\n{}", c.issuer, c.client_id));
     assert!(c.prefix.starts_with('/') && !c.prefix.ends_with('/'), "{:?}", c.prefix);
     for p in [&c.sign_out_path, &c.start_path, &c.auth_path] {
         assert!(p.starts_with(&c.prefix) && p.len() > c.prefix.len(), "{p:?}");
@@ -48,38 +46,59 @@ fuzz_target!(|data: &[u8]| {
     if let RedirectUrl::Path(p) = &c.redirect_url {
         assert!(p.starts_with('/') && !p.starts_with("//"), "{p:?}");
     }
-    assert!(c.scope.split(' ').any(|s| s == "openid"), "{:?}", c.scope);
-    assert!(!c.cookie.name.is_empty() && c.cookie.name.chars().all(token_char));
     assert!(c.cookie.path.starts_with('/') && !c.cookie.path.contains(';'));
     if c.cookie.samesite == SameSite::None {
         assert!(c.cookie.secure, "SameSite=None without Secure");
     }
-    if c.cookie.name.starts_with("__Secure-") || c.cookie.name.starts_with("__Host-") {
-        assert!(c.cookie.secure);
-    }
-    if c.cookie.name.starts_with("__Host-") {
-        assert!(c.cookie.domains.is_empty() && c.cookie.path == "/");
-    }
     for d in c.cookie.domains.iter().chain(&c.whitelist_domains) {
-        assert_eq!(*d, d.to_ascii_lowercase());
-        assert!(!d.contains(char::is_whitespace), "{d:?}");
+        let t = d.to_text();
+        assert_eq!(t, t.to_ascii_lowercase());
+        assert!(!t.contains(char::is_whitespace), "{t:?}");
     }
-    assert!(c.idp.timeout_ms >= 100, "idp_timeout below its minimum");
-    // Discovery is fetched from the issuer's own origin, at the well-known path.
-    let d = &c.discovery_url;
-    assert!(d.path().ends_with("/.well-known/openid-configuration"), "{d}");
-    assert!(d.query().is_none() && d.fragment().is_none(), "{d}");
-    assert!(
-        c.issuer.to_ascii_lowercase().starts_with(&format!("{}://", d.scheme())),
-        "{d} for {:?}",
-        c.issuer
-    );
-    assert!(c.cookie.expire_secs >= 60 && c.jwks_refresh_secs >= 10);
-    // A callout to the issuer's own host goes through idp_cluster.
-    assert_eq!(
-        c.route_for(&c.discovery_url),
-        Some((c.idp.cluster.clone(), c.idp.authority.clone()))
-    );
+    assert!(c.cookie.expire_secs >= 60);
+    // Every site names a provider that exists.
+    for site in c.hosts.iter().map(|h| &h.site).chain([&c.default_site]) {
+        if let Site::Protect { provider, .. } = site {
+            assert!(*provider < c.providers.len(), "site names provider {provider}");
+        }
+    }
+    for h in &c.hosts {
+        assert!(!h.patterns.is_empty(), "a hosts entry without a host");
+    }
+    for (i, p) in c.providers.iter().enumerate() {
+        assert!(c.providers[..i].iter().all(|q| q.name != p.name), "{:?} twice", p.name);
+        if !c.cookie.domains.is_empty() {
+            assert!(c.providers[..i].iter().all(|q| q.cookie_name != p.cookie_name));
+        }
+        assert!(!p.client_id.is_empty() && !p.client_secret.expose().is_empty());
+        assert_eq!(p.cookie_binding, format!("{}\n{}", p.issuer, p.client_id));
+        assert!(p.scope.split(' ').any(|s| s == "openid"), "{:?}", p.scope);
+        let name = &p.cookie_name;
+        assert!(!name.is_empty() && name.chars().all(token_char), "{name:?}");
+        if name.starts_with("__Secure-") || name.starts_with("__Host-") {
+            assert!(c.cookie.secure);
+        }
+        if name.starts_with("__Host-") {
+            assert!(c.cookie.domains.is_empty() && c.cookie.path == "/");
+        }
+        assert!(p.idp.timeout_ms >= 100, "idp_timeout below its minimum");
+        assert!(p.jwks_refresh_secs >= 10);
+        // Discovery is fetched from the issuer's own origin, at the well-known path, and
+        // the issuer is the canonical string of that URL (iss is compared exactly).
+        let d = &p.discovery_url;
+        assert!(d.path().ends_with("/.well-known/openid-configuration"), "{d}");
+        assert!(d.query().is_none() && d.fragment().is_none(), "{d}");
+        assert!(
+            d.as_str().starts_with(p.issuer.trim_end_matches('/')),
+            "{d} for {:?}",
+            p.issuer
+        );
+        // A callout to the issuer's own host goes through idp_cluster.
+        assert_eq!(
+            p.route_for(&p.discovery_url),
+            Some((p.idp.cluster.clone(), p.idp.authority.clone()))
+        );
+    }
     let _ = format!("{c:?}");
     // Deterministic: the same bytes give the same verdict.
     assert!(Config::parse(data, &env).is_ok());

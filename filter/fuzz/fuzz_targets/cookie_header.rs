@@ -13,7 +13,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use oidc_filter::http::{cookie_pieces, parse_cookie_header, strip_cookies, CookiePiece, Request};
+use oidc_filter_core::http::{cookie_pieces, parse_cookie_header, strip_cookies, CookiePiece, Request};
 
 fn trimmed(b: &[u8]) -> bool {
     !matches!(b.first(), Some(b' ' | b'\t')) && !matches!(b.last(), Some(b' ' | b'\t'))

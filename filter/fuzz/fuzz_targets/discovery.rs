@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use oidc_filter::oidc::Provider;
+use oidc_filter_core::oidc::Provider;
 
 const ISSUER: &str = "https://issuer.example.com";
 

@@ -8,8 +8,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use oidc_filter::headermap::{parse, serialize};
-use oidc_filter::http::Request;
+use oidc_filter_core::headermap::{parse, serialize};
+use oidc_filter_core::http::Request;
 
 fuzz_target!(|data: &[u8]| {
     let Some(pairs) = parse(data) else {

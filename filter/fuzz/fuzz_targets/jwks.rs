@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use oidc_filter::oidc::{KeyMaterial, KeySet, MIN_RSA_BITS};
+use oidc_filter_core::oidc::{KeyMaterial, KeySet, MIN_RSA_BITS};
 use rsa::traits::PublicKeyParts;
 
 fuzz_target!(|data: &[u8]| {

@@ -12,9 +12,9 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use oidc_filter::config::{Config, KeySet};
-use oidc_filter::session::{flow_cookie_name, LoginFlow, Scope, Session};
-use oidc_filter::util::{b64url, b64url_decode};
+use oidc_filter_core::config::{Config, KeySet};
+use oidc_filter_core::session::{flow_cookie_name, LoginFlow, Scope, Session};
+use oidc_filter_core::util::{b64url, b64url_decode};
 
 const NOW: u64 = 1_800_000_000;
 /// Must match `FLOW_LABEL` in filter/src/session.rs; `fixture` checks it does.
@@ -35,7 +35,7 @@ fn fixture() -> &'static Fixture {
             "cookie_secret": ["q83vEjRWeJCrze8SNFZ4kA==", "BjsqLqI3hVQyzn3bvtp9kg=="]
         }"#;
         let cfg = Config::parse(json, &|_| None).expect("fixed config parses");
-        let name = flow_cookie_name(&cfg.cookie.name, STATE).expect("state is long enough");
+        let name = flow_cookie_name(&cfg.providers[0].cookie_name, STATE).expect("state is long enough");
         let f = Fixture { cfg, name };
         let flow = LoginFlow {
             expires_at: NOW + 600,
@@ -56,7 +56,7 @@ fn fixture() -> &'static Fixture {
 
 impl Fixture {
     fn scope(&self) -> Scope<'_> {
-        self.cfg.scope(&self.name)
+        self.cfg.providers[0].scope(&self.name)
     }
 }
 
@@ -99,6 +99,6 @@ fuzz_target!(|data: &[u8]| {
     if let Some(minted) = flow.encode(&f.cfg.keys[idx], &scope) {
         assert_eq!(minted, value, "accepted a flow cookie we would not mint");
     }
-    let other = f.cfg.scope("_oauth2_proxy_csrf_BBBBBBBBBBBBBBBB");
+    let other = f.cfg.providers[0].scope("_oauth2_proxy_csrf_BBBBBBBBBBBBBBBB");
     assert!(LoginFlow::verify(&f.cfg.keys, &other, &value, NOW).is_err());
 });

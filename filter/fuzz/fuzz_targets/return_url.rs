@@ -11,8 +11,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use oidc_filter::http::host_of_authority;
-use oidc_filter::redirect::{validate_return_url, MAX_RETURN_URL};
+use oidc_filter_core::http::host_of_authority;
+use oidc_filter_core::domain::{DomainPattern, LeadingDot};
+use oidc_filter_core::redirect::{validate_return_url, MAX_RETURN_URL};
 use url::Url;
 
 fn whitelist() -> Vec<String> {
@@ -49,7 +50,12 @@ fuzz_target!(|data: &[u8]| {
     };
     let (authority, raw) = s.split_once('\n').unwrap_or(("app.example.com", s));
     let wl = whitelist();
-    let Some(out) = validate_return_url(raw, authority, &wl) else {
+    let patterns: Vec<DomainPattern> = wl
+        .iter()
+        .filter_map(|w| DomainPattern::parse(w, LeadingDot::WithSubdomains, true).ok())
+        .collect();
+    assert_eq!(patterns.len(), wl.len());
+    let Some(out) = validate_return_url(raw, authority, &patterns) else {
         return;
     };
     assert!(!out.is_empty());
@@ -92,7 +98,7 @@ fuzz_target!(|data: &[u8]| {
     // (The URL serializer may percent-encode a long URL past the length limit.)
     if out.len() <= MAX_RETURN_URL {
         assert_eq!(
-            validate_return_url(&out, authority, &wl).as_deref(),
+            validate_return_url(&out, authority, &patterns).as_deref(),
             Some(out.as_str()),
             "not idempotent"
         );

@@ -14,9 +14,9 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use oidc_filter::config::{Config, KeySet};
-use oidc_filter::session::{Scope, Session};
-use oidc_filter::util::b64url;
+use oidc_filter_core::config::{Config, KeySet};
+use oidc_filter_core::session::{Scope, Session};
+use oidc_filter_core::util::b64url;
 
 const NOW: u64 = 1_800_000_000;
 const MAX_AGE: u64 = 7 * 86_400;
@@ -49,7 +49,7 @@ fn fixture() -> &'static Fixture {
         };
         let minted = s.encode(&f.cfg.keys[0], &f.scope()).expect("encodes");
         let (_, p, _) = split3(&minted).expect("three parts");
-        let payload = oidc_filter::util::b64url_decode(p).expect("b64url");
+        let payload = oidc_filter_core::util::b64url_decode(p).expect("b64url");
         assert_eq!(
             seal(&f.cfg.keys[0], &f.scope(), &payload),
             minted,
@@ -61,7 +61,7 @@ fn fixture() -> &'static Fixture {
 
 impl Fixture {
     fn scope(&self) -> Scope<'_> {
-        self.cfg.scope(NAME)
+        self.cfg.providers[0].scope(NAME)
     }
 }
 
@@ -120,6 +120,6 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     // Bound to its name: the same value under another cookie name never verifies.
-    let other = f.cfg.scope("_other");
+    let other = f.cfg.providers[0].scope("_other");
     assert!(Session::verify(&f.cfg.keys, &other, &value, NOW, MAX_AGE).is_err());
 });

@@ -17,8 +17,8 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use oidc_filter::oidc::{id_token_from_response, validate_id_token, Expected, KeySet, ACCEPTED_ALGS};
-use oidc_filter::util::{b64_any_decode, b64url};
+use oidc_filter_core::oidc::{id_token_from_response, validate_id_token, Expected, KeySet, ACCEPTED_ALGS};
+use oidc_filter_core::util::{b64_any_decode, b64url};
 use p256::ecdsa::signature::Signer;
 use serde_json::Value;
 
@@ -48,7 +48,7 @@ fn fixture() -> &'static Fixture {
         let tok = sign(&f.ec, br#"{"alg":"ES256","kid":"ec-0"}"#, br#"{"iss":"x"}"#);
         assert_eq!(
             validate_id_token(&tok, &f.keys, &expected()).err(),
-            Some(oidc_filter::oidc::IdTokenError::Issuer),
+            Some(oidc_filter_core::oidc::IdTokenError::Issuer),
             "ec-0 in corpus/jwks/rsa-and-ec.json is not EC_SCALAR's: rerun examples/make_seeds"
         );
         f

@@ -6,10 +6,10 @@ use std::sync::OnceLock;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use oidc_filter::config::Config;
-use oidc_filter::flow::{self, Ctx, Decision, Idp, LocalReply, PendingLogin, TokenOutcome};
-use oidc_filter::http::Request;
-use oidc_filter::oidc::{KeySet, Provider};
+use oidc_filter_core::config::Config;
+use oidc_filter_core::flow::{self, Ctx, Decision, Idp, LocalReply, PendingLogin, TokenOutcome};
+use oidc_filter_core::http::Request;
+use oidc_filter_core::oidc::{KeySet, Provider};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use rsa::signature::{SignatureEncoding, Signer};
@@ -209,6 +209,21 @@ pub struct World {
     pub now: u64,
     pub rng: ChaCha20Rng,
     pub ready: bool,
+    /// Providers after the first (a config with several), each ready.
+    pub others: Vec<(Provider, KeySet)>,
+}
+
+impl flow::Idps for World {
+    fn idp(&self, i: usize) -> Option<Idp<'_>> {
+        if i == 0 {
+            return self.ready.then_some(Idp {
+                provider: &self.provider,
+                keys: &self.keys,
+            });
+        }
+        let (provider, keys) = self.others.get(i - 1)?;
+        Some(Idp { provider, keys })
+    }
 }
 
 impl World {
@@ -220,16 +235,14 @@ impl World {
             now: NOW,
             rng: rng(1),
             ready: true,
+            others: Vec::new(),
         }
     }
 
     pub fn ctx(&self) -> Ctx<'_> {
         Ctx {
             config: &self.config,
-            idp: self.ready.then_some(Idp {
-                provider: &self.provider,
-                keys: &self.keys,
-            }),
+            idps: self,
             now: self.now,
         }
     }

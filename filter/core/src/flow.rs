@@ -4,12 +4,17 @@
 
 use std::borrow::Cow;
 
-use crate::config::{Config, EmailDomains, RedirectUrl, SameSite, TokenAuthMethod};
+use crate::config::{
+    Config, EmailDomains, Policy, ProviderConfig, RedirectUrl, SameSite, Site, TokenAuthMethod,
+};
+use crate::domain::DomainPattern;
 use crate::http::{
     form_encode, is_identity_header, query_params, strip_cookies, valid_authority, CookieAttrs,
     Request,
 };
+use crate::idp::IdpState;
 use crate::oidc::{self, Expected, IdTokenError, Identity, KeySet, Provider};
+use crate::reason::Reason;
 use crate::redirect::validate_return_url;
 use crate::session::{
     code_challenge, derive_nonce, derive_verifier, flow_cookie_name, LoginFlow, Session,
@@ -40,7 +45,7 @@ pub struct LocalReply {
     pub status: u32,
     pub headers: Vec<(String, String)>,
     pub body: String,
-    pub reason: &'static str,
+    pub reason: Reason,
     pub detail: Option<String>,
 }
 
@@ -121,6 +126,8 @@ pub struct LoginClaim {
 /// A login waiting for the token endpoint's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingLogin {
+    /// Index into `Config::providers`: the provider whose login cookie the callback held.
+    pub provider: usize,
     pub nonce: String,
     pub return_url: String,
     pub flow_cookie: String,
@@ -157,10 +164,46 @@ pub struct Idp<'a> {
     pub keys: &'a KeySet,
 }
 
+/// What is known of each provider, by index into `Config::providers`.
+pub trait Idps {
+    fn idp(&self, provider: usize) -> Option<Idp<'_>>;
+}
+
+impl Idps for Vec<IdpState> {
+    fn idp(&self, provider: usize) -> Option<Idp<'_>> {
+        let s = self.get(provider)?;
+        Some(Idp {
+            provider: s.provider.as_ref()?,
+            keys: s.keys.as_ref()?,
+        })
+    }
+}
+
 pub struct Ctx<'a> {
     pub config: &'a Config,
-    pub idp: Option<Idp<'a>>,
+    pub idps: &'a dyn Idps,
     pub now: u64,
+}
+
+/// A request on a protected host: its provider, and the policy the host sets.
+struct Here<'a> {
+    config: &'a Config,
+    p: &'a ProviderConfig,
+    policy: &'a Policy,
+    idp: Option<Idp<'a>>,
+    now: u64,
+}
+
+impl<'a> Ctx<'a> {
+    fn here(&self, index: usize, policy: &'a Policy) -> Option<Here<'a>> {
+        Some(Here {
+            config: self.config,
+            p: self.config.providers.get(index)?,
+            policy,
+            idp: self.idps.idp(index),
+            now: self.now,
+        })
+    }
 }
 
 fn phrase(status: u32) -> &'static str {
@@ -175,13 +218,14 @@ fn phrase(status: u32) -> &'static str {
     }
 }
 
-pub fn error_reply(status: u32, reason: &'static str, detail: Option<String>) -> LocalReply {
+pub fn error_reply(reason: Reason, detail: Option<String>) -> LocalReply {
+    let status = reason.status();
     LocalReply {
         status,
         headers: vec![
             ("content-type".into(), "text/plain; charset=utf-8".into()),
             ("cache-control".into(), "no-store".into()),
-            ("x-oidc-filter-reason".into(), reason.into()),
+            ("x-oidc-filter-reason".into(), reason.code().into()),
         ],
         body: format!("{status} {}: {reason}\n", phrase(status)),
         reason,
@@ -189,17 +233,20 @@ pub fn error_reply(status: u32, reason: &'static str, detail: Option<String>) ->
     }
 }
 
-fn redirect(location: &str, cookies: Vec<String>, reason: &'static str) -> LocalReply {
+fn redirect(location: &str, cookies: Vec<String>, reason: Reason) -> LocalReply {
     let mut headers = vec![
         ("location".to_string(), location.to_string()),
         ("cache-control".to_string(), "no-store".to_string()),
-        ("x-oidc-filter-reason".to_string(), reason.to_string()),
+        (
+            "x-oidc-filter-reason".to_string(),
+            reason.code().to_string(),
+        ),
     ];
     for c in cookies {
         headers.push(("set-cookie".to_string(), c));
     }
     LocalReply {
-        status: 302,
+        status: reason.status(),
         headers,
         body: String::new(),
         reason,
@@ -209,8 +256,7 @@ fn redirect(location: &str, cookies: Vec<String>, reason: &'static str) -> Local
 
 fn not_ready() -> LocalReply {
     let mut r = error_reply(
-        503,
-        "idp_not_ready",
+        Reason::IdpNotReady,
         Some("provider metadata or keys not loaded yet".into()),
     );
     r.headers
@@ -218,7 +264,8 @@ fn not_ready() -> LocalReply {
     r
 }
 
-/// Entry point for every request's headers.
+/// Entry point for every request's headers: the host's site first (a provider and policy, no
+/// auth, or denied), then the path.
 /// `random` yields 32 fresh random bytes (or `None` if the host has none); it is called only
 /// when a login starts.
 pub fn on_request(
@@ -227,40 +274,57 @@ pub fn on_request(
     random: &mut dyn FnMut() -> Option<[u8; 32]>,
 ) -> Decision {
     let cfg = ctx.config;
+    let (index, policy) = match cfg.site_for(&req.host()) {
+        Site::Protect { provider, policy } => (*provider, policy),
+        Site::Pass => return Decision::Continue(forward(cfg, req, None)),
+        Site::Deny => {
+            return Decision::Reply(error_reply(
+                Reason::HostNotConfigured,
+                Some("no hosts entry matches this host".into()),
+            ))
+        }
+    };
     // Classify on the path alone, by exact match.
     let path = req.path_only();
     if path == cfg.callback_path {
         return on_callback(ctx, req);
     }
+    let Some(here) = ctx.here(index, policy) else {
+        return Decision::Reply(error_reply(Reason::InternalError, None));
+    };
     if path == cfg.sign_out_path {
-        return Decision::Reply(sign_out(ctx, req));
+        return Decision::Reply(sign_out(&here, req));
     }
     if path == cfg.start_path {
         let target = return_target(cfg, req, rd_param(req).as_deref(), &cfg.whitelist_domains);
-        return Decision::Reply(redirect_to_authorization_endpoint(ctx, req, random, target));
+        return Decision::Reply(redirect_to_authorization_endpoint(
+            &here, req, random, target,
+        ));
     }
     // oauth2-proxy's --skip-auth-preflight: CORS preflights carry no cookies. They pass
     // without an identity (and without any identity header a client put on them).
     if cfg.skip_auth_preflight && is_cors_preflight(req) {
         return Decision::Continue(forward(cfg, req, None));
     }
-    let session = current_session(ctx, req);
+    let session = current_session(&here, req);
     if path == cfg.auth_path {
-        return Decision::Reply(auth_endpoint(ctx, session.as_ref()));
+        return Decision::Reply(auth_endpoint(cfg, session.as_ref()));
     }
     match session {
         Some(s) => Decision::Continue(forward(cfg, req, Some(&s))),
         None if is_navigation(req) => {
             // The URL asked for becomes the return URL only through the same validation as rd.
             let target = return_target(cfg, req, Some(&req.path), &[]);
-            Decision::Reply(redirect_to_authorization_endpoint(ctx, req, random, target))
+            Decision::Reply(redirect_to_authorization_endpoint(
+                &here, req, random, target,
+            ))
         }
         None => Decision::Reply(unauthorized()),
     }
 }
 
 fn unauthorized() -> LocalReply {
-    let mut r = error_reply(401, "unauthenticated", None);
+    let mut r = error_reply(Reason::Unauthenticated, None);
     r.headers.push((
         "www-authenticate".into(),
         "Cookie realm=\"oidc-filter\"".into(),
@@ -284,7 +348,12 @@ pub fn is_cors_preflight(req: &Request) -> bool {
 /// Where to send the user after login or sign-out: `raw` when it passes `validate_return_url`
 /// and does not lead back into our own endpoints (`/oauth2/start?rd=/oauth2/start` would loop
 /// through the provider, one token call per turn), else `/`.
-fn return_target(cfg: &Config, req: &Request, raw: Option<&str>, whitelist: &[String]) -> String {
+fn return_target(
+    cfg: &Config,
+    req: &Request,
+    raw: Option<&str>,
+    whitelist: &[DomainPattern],
+) -> String {
     raw.and_then(|raw| validate_return_url(raw, &req.authority, whitelist))
         .filter(|url| !is_own_endpoint(cfg, url))
         .unwrap_or_else(|| "/".to_string())
@@ -393,28 +462,28 @@ pub fn is_navigation(req: &Request) -> bool {
 /// `verify_session` over every cookie with our name (a browser may hold several), then the
 /// policy as configured now: a session issued under a wider `email_domains` or a longer
 /// `cookie_expire` ends when the config narrows.
-fn current_session(ctx: &Ctx<'_>, req: &Request) -> Option<Session> {
-    let cfg = ctx.config;
-    let name = &cfg.cookie.name;
-    let scope = cfg.scope(name);
+fn current_session(here: &Here<'_>, req: &Request) -> Option<Session> {
+    let cfg = here.config;
+    let name = &here.p.cookie_name;
+    let scope = here.p.scope(name);
     req.cookies()
         .filter(|(k, _)| k == name)
         .filter_map(|(_, v)| {
-            Session::verify(&cfg.keys, &scope, v, ctx.now, cfg.cookie.expire_secs).ok()
+            Session::verify(&cfg.keys, &scope, v, here.now, cfg.cookie.expire_secs).ok()
         })
-        .find(|s| session_allowed(cfg, s))
+        .find(|s| session_allowed(here.policy, s))
 }
 
 /// The authorization rules a session must meet on every request, not only at login.
-fn session_allowed(cfg: &Config, s: &Session) -> bool {
-    match &cfg.email_domains {
+fn session_allowed(policy: &Policy, s: &Session) -> bool {
+    match &policy.email_domains {
         EmailDomains::Any => true,
-        EmailDomains::List(_) => email_domain_allowed(&cfg.email_domains, &s.email),
+        EmailDomains::List(_) => email_domain_allowed(&policy.email_domains, &s.email),
     }
 }
 
 fn is_our_cookie(cfg: &Config, name: &[u8]) -> bool {
-    name == cfg.cookie.name.as_bytes() || is_flow_cookie(cfg, name)
+    cfg.is_session_cookie(name) || is_flow_cookie(cfg, name)
 }
 
 fn is_flow_cookie(cfg: &Config, name: &[u8]) -> bool {
@@ -472,17 +541,20 @@ fn forward(cfg: &Config, req: &Request, s: Option<&Session>) -> Forward {
 }
 
 /// oauth2-proxy's `/oauth2/auth`: 202 with the identity in response headers, or 401.
-fn auth_endpoint(ctx: &Ctx<'_>, session: Option<&Session>) -> LocalReply {
+fn auth_endpoint(cfg: &Config, session: Option<&Session>) -> LocalReply {
     match session {
         Some(s) => LocalReply {
             status: 202,
-            headers: identity_headers(ctx.config, s, false)
+            headers: identity_headers(cfg, s, false)
                 .into_iter()
                 .map(|(k, v)| (k.into_owned(), v))
-                .chain([("x-oidc-filter-reason".into(), "authenticated".into())])
+                .chain([(
+                    "x-oidc-filter-reason".into(),
+                    Reason::Authenticated.code().into(),
+                )])
                 .collect(),
             body: String::new(),
-            reason: "authenticated",
+            reason: Reason::Authenticated,
             detail: None,
         },
         None => unauthorized(),
@@ -523,29 +595,27 @@ fn flow_attrs(cfg: &Config, host: &str) -> CookieAttrs {
 
 /// RFC 6749 §4.1.1 with PKCE (RFC 7636 §4.3) and a nonce (OIDC Core §3.1.2.1).
 fn redirect_to_authorization_endpoint(
-    ctx: &Ctx<'_>,
+    here: &Here<'_>,
     req: &Request,
     random: &mut dyn FnMut() -> Option<[u8; 32]>,
     return_url: String,
 ) -> LocalReply {
-    let cfg = ctx.config;
-    let Some(idp) = &ctx.idp else {
+    let cfg = here.config;
+    let Some(idp) = &here.idp else {
         return not_ready();
     };
     let Some(redirect_uri) = redirect_uri(cfg, req) else {
         return error_reply(
-            400,
-            "bad_request",
+            Reason::BadRequest,
             Some("request :authority is not a valid host".into()),
         );
     };
     let Some(key) = cfg.keys.first() else {
-        return error_reply(500, "internal_error", Some("no cookie key".into()));
+        return error_reply(Reason::InternalError, Some("no cookie key".into()));
     };
     let Some(random) = random() else {
         return error_reply(
-            500,
-            "internal_error",
+            Reason::InternalError,
             Some("no randomness from the host".into()),
         );
     };
@@ -553,34 +623,34 @@ fn redirect_to_authorization_endpoint(
     let nonce = derive_nonce(key, &state);
     let challenge = code_challenge(&derive_verifier(key, &state));
     let Some(cookie_name) = flow_cookie_name(&cfg.cookie.name, &state) else {
-        return error_reply(500, "internal_error", Some("state too short".into()));
+        return error_reply(Reason::InternalError, Some("state too short".into()));
     };
     let flow = LoginFlow {
-        expires_at: ctx.now + LOGIN_TTL_SECS,
+        expires_at: here.now + LOGIN_TTL_SECS,
         state: state.clone(),
         return_url: bounded_return_url(return_url),
     };
-    let Some(value) = flow.encode(key, &cfg.scope(&cookie_name)) else {
-        return error_reply(500, "internal_error", Some("login cookie too large".into()));
+    let Some(value) = flow.encode(key, &here.p.scope(&cookie_name)) else {
+        return error_reply(Reason::InternalError, Some("login cookie too large".into()));
     };
     let mut location = idp.provider.authorization_endpoint.clone();
     location.query_pairs_mut().extend_pairs([
         ("response_type", "code"),
-        ("client_id", cfg.client_id.as_str()),
+        ("client_id", here.p.client_id.as_str()),
         ("redirect_uri", redirect_uri.as_str()),
-        ("scope", cfg.scope.as_str()),
+        ("scope", here.p.scope.as_str()),
         ("state", state.as_str()),
         ("nonce", nonce.as_str()),
         ("code_challenge", challenge.as_str()),
         ("code_challenge_method", "S256"),
     ]);
     let attrs = flow_attrs(cfg, &req.host());
-    let mut cookies: Vec<String> = stale_logins(ctx, req)
+    let mut cookies: Vec<String> = stale_logins(cfg, here.now, req)
         .iter()
         .map(|name| attrs.clear(name))
         .collect();
     cookies.push(attrs.set(&cookie_name, &value, LOGIN_TTL_SECS));
-    redirect(location.as_str(), cookies, "login_redirect")
+    redirect(location.as_str(), cookies, Reason::LoginRedirect)
 }
 
 /// A return URL longer than this is not kept in the login cookie: its query is dropped (and
@@ -605,17 +675,16 @@ fn bounded_return_url(url: String) -> String {
 /// The login cookies to clear when a new login starts: every one that is not valid (forged,
 /// expired, from an old key) and, of the valid ones, all but the newest
 /// `MAX_LOGINS_IN_PROGRESS - 1`.
-fn stale_logins(ctx: &Ctx<'_>, req: &Request) -> Vec<String> {
-    let cfg = ctx.config;
+fn stale_logins(cfg: &Config, now: u64, req: &Request) -> Vec<String> {
     let mut valid: Vec<(u64, &str)> = Vec::new();
     let mut stale: Vec<String> = Vec::new();
     for (name, value) in req.cookies() {
         if !is_flow_cookie(cfg, name.as_bytes()) || stale.iter().any(|s| s == name) {
             continue;
         }
-        match LoginFlow::verify(&cfg.keys, &cfg.scope(name), value, ctx.now) {
-            Ok((flow, _)) => valid.push((flow.expires_at, name)),
-            Err(_) => stale.push(name.to_string()),
+        match login_of(cfg, name, value, now) {
+            Some((_, flow, _)) => valid.push((flow.expires_at, name)),
+            None => stale.push(name.to_string()),
         }
     }
     valid.sort_by_key(|v| std::cmp::Reverse(v.0));
@@ -632,6 +701,16 @@ fn stale_logins(ctx: &Ctx<'_>, req: &Request) -> Vec<String> {
     }
     stale.retain(|s| !kept.contains(&s.as_str()));
     stale
+}
+
+/// The provider a login cookie was made for (its MAC is bound to that provider), with the
+/// login and the index of the key that signed it.
+fn login_of(cfg: &Config, name: &str, value: &str, now: u64) -> Option<(usize, LoginFlow, usize)> {
+    cfg.providers.iter().enumerate().find_map(|(i, p)| {
+        LoginFlow::verify(&cfg.keys, &p.scope(name), value, now)
+            .ok()
+            .map(|(flow, key)| (i, flow, key))
+    })
 }
 
 fn is_state_shaped(s: &str) -> bool {
@@ -656,8 +735,7 @@ fn on_callback(ctx: &Ctx<'_>, req: &Request) -> Decision {
         (one("code"), one("state"), one("error"), one("iss"))
     else {
         return Decision::Reply(error_reply(
-            403,
-            "callback_invalid",
+            Reason::CallbackInvalid,
             Some("repeated callback parameter".into()),
         ));
     };
@@ -682,68 +760,69 @@ fn on_callback(ctx: &Ctx<'_>, req: &Request) -> Decision {
             "registration_not_supported",
         ];
         let code = if KNOWN.contains(&e) { e } else { "other" };
-        let mut r = error_reply(403, "idp_error", Some(format!("provider error {code}")));
+        let mut r = error_reply(Reason::IdpError, Some(format!("provider error {code}")));
         r.body = format!("403 Forbidden: idp_error: {code}\n");
         return Decision::Reply(r);
     }
     let (Some(code), Some(state)) = (code, state) else {
         return Decision::Reply(error_reply(
-            403,
-            "callback_invalid",
+            Reason::CallbackInvalid,
             Some("callback without code or state".into()),
         ));
     };
     if code.is_empty() || code.len() > 4096 || !is_state_shaped(state) {
         return Decision::Reply(error_reply(
-            403,
-            "callback_invalid",
+            Reason::CallbackInvalid,
             Some("malformed code or state".into()),
         ));
     }
-    // RFC 9207: if the provider names itself, it must be our issuer (mix-up defence).
-    if iss.is_some_and(|i| i != cfg.issuer) {
-        return Decision::Reply(error_reply(
-            403,
-            "callback_invalid",
-            Some("iss parameter is not the issuer".into()),
-        ));
-    }
     let Some(cookie_name) = flow_cookie_name(&cfg.cookie.name, state) else {
-        return Decision::Reply(error_reply(403, "callback_invalid", None));
+        return Decision::Reply(error_reply(Reason::CallbackInvalid, None));
     };
     let flow = req
         .cookies()
         .filter(|(k, _)| *k == cookie_name)
-        .find_map(|(_, v)| LoginFlow::verify(&cfg.keys, &cfg.scope(&cookie_name), v, ctx.now).ok());
-    let Some((flow, key_index)) = flow else {
+        .find_map(|(_, v)| login_of(cfg, &cookie_name, v, ctx.now));
+    let Some((index, flow, key_index)) = flow else {
         return Decision::Reply(error_reply(
-            403,
-            "login_expired",
+            Reason::LoginExpired,
             Some("no valid login cookie for this state".into()),
         ));
     };
     if !crate::util::ct_eq(flow.state.as_bytes(), state.as_bytes()) {
-        return Decision::Reply(error_reply(403, "state_mismatch", None));
+        return Decision::Reply(error_reply(Reason::StateMismatch, None));
     }
-    let Some(idp) = &ctx.idp else {
+    // The login's own provider, whatever host the callback reached; its policy is the one of
+    // the host the session is for (see `on_token_response`).
+    let policy = login_policy(cfg, index, &req.host());
+    let Some(here) = ctx.here(index, policy) else {
+        return Decision::Reply(error_reply(Reason::InternalError, None));
+    };
+    // RFC 9207: if the provider names itself, it must be this login's issuer (mix-up defence).
+    if iss.is_some_and(|i| i != here.p.issuer) {
+        return Decision::Reply(error_reply(
+            Reason::CallbackInvalid,
+            Some("iss parameter is not the issuer".into()),
+        ));
+    }
+    let Some(idp) = &here.idp else {
         return Decision::Reply(not_ready());
     };
     let Some(redirect_uri) = redirect_uri(cfg, req) else {
-        return Decision::Reply(error_reply(400, "bad_request", None));
+        return Decision::Reply(error_reply(Reason::BadRequest, None));
     };
     let Some(key) = cfg.keys.get(key_index) else {
-        return Decision::Reply(error_reply(500, "internal_error", None));
+        return Decision::Reply(error_reply(Reason::InternalError, None));
     };
     let Some(callout) = token_request(
-        cfg,
+        here.p,
         idp.provider,
         code,
         &redirect_uri,
         &derive_verifier(key, state),
     ) else {
         return Decision::Reply(error_reply(
-            500,
-            "internal_error",
+            Reason::InternalError,
             Some("no cluster for the token endpoint's host (see idp_clusters)".into()),
         ));
     };
@@ -752,12 +831,11 @@ fn on_callback(ctx: &Ctx<'_>, req: &Request) -> Decision {
     // no second code exchange: with a session it goes where the login was going, else a clear
     // refusal. Either way the login cookie goes.
     let clear = flow_attrs(cfg, &req.host()).clear(&cookie_name);
-    let replayed = if current_session(ctx, req).is_some() {
-        redirect(&flow.return_url, vec![clear], "login_already_complete")
+    let replayed = if current_session(&here, req).is_some() {
+        redirect(&flow.return_url, vec![clear], Reason::LoginAlreadyComplete)
     } else {
         let mut r = error_reply(
-            403,
-            "callback_replayed",
+            Reason::CallbackReplayed,
             Some("this login's code was exchanged already".into()),
         );
         r.headers.push(("set-cookie".into(), clear));
@@ -771,6 +849,7 @@ fn on_callback(ctx: &Ctx<'_>, req: &Request) -> Decision {
         },
         replayed,
         pending: PendingLogin {
+            provider: index,
             nonce: derive_nonce(key, state),
             return_url: flow.return_url,
             flow_cookie: cookie_name,
@@ -781,7 +860,7 @@ fn on_callback(ctx: &Ctx<'_>, req: &Request) -> Decision {
 
 /// RFC 6749 §4.1.3 token request with the PKCE verifier (RFC 7636 §4.5).
 fn token_request(
-    cfg: &Config,
+    cfg: &ProviderConfig,
     provider: &Provider,
     code: &str,
     redirect_uri: &str,
@@ -838,6 +917,15 @@ fn token_request(
     })
 }
 
+/// The policy a login of provider `index` that came back on `host` is checked against: the
+/// host's when it is one of that provider's, else the top-level one.
+fn login_policy<'a>(cfg: &'a Config, index: usize, host: &str) -> &'a Policy {
+    match cfg.site_for(host) {
+        Site::Protect { provider, policy } if *provider == index => policy,
+        _ => &cfg.default_policy,
+    }
+}
+
 fn email_domain_allowed(domains: &EmailDomains, email: &str) -> bool {
     let allowed = match domains {
         EmailDomains::Any => return true,
@@ -851,10 +939,7 @@ fn email_domain_allowed(domains: &EmailDomains, email: &str) -> bool {
         return false;
     }
     let domain = domain.to_ascii_lowercase();
-    allowed.iter().any(|d| match d.strip_prefix('.') {
-        Some(_) => domain.ends_with(d.as_str()),
-        None => domain == *d,
-    })
+    allowed.iter().any(|d| d.matches(&domain))
 }
 
 /// A claim fit for a header, taken as it is or not at all (empty): bounded length, no
@@ -896,14 +981,17 @@ pub fn on_token_response(
 ) -> TokenOutcome {
     let cfg = ctx.config;
     let fail = |r: LocalReply| TokenOutcome::Reply(r);
-    let Some(idp) = &ctx.idp else {
+    let policy = login_policy(cfg, pending.provider, &pending.host);
+    let Some(here) = ctx.here(pending.provider, policy) else {
+        return fail(error_reply(Reason::InternalError, None));
+    };
+    let Some(idp) = &here.idp else {
         return fail(not_ready());
     };
     let status = match status {
         None => {
             return fail(error_reply(
-                502,
-                "token_request_failed",
+                Reason::TokenRequestFailed,
                 Some("token endpoint unreachable or timed out".into()),
             ))
         }
@@ -911,18 +999,17 @@ pub fn on_token_response(
     };
     if status != 200 {
         return fail(error_reply(
-            502,
-            "token_request_failed",
+            Reason::TokenRequestFailed,
             Some(format!("token endpoint answered {status}")),
         ));
     }
     let id_token = match oidc::id_token_from_response(body) {
         Ok(t) => t,
-        Err(why) => return fail(error_reply(502, "token_response_invalid", Some(why.into()))),
+        Err(why) => return fail(error_reply(Reason::TokenResponseInvalid, Some(why.into()))),
     };
     let expected = Expected {
         issuer: &idp.provider.issuer,
-        client_id: &cfg.client_id,
+        client_id: &here.p.client_id,
         nonce: &pending.nonce,
         now: ctx.now,
         leeway: ID_TOKEN_LEEWAY_SECS,
@@ -934,34 +1021,31 @@ pub fn on_token_response(
         }
         Err(e) => {
             return fail(error_reply(
-                502,
-                "id_token_invalid",
+                Reason::IdTokenInvalid,
                 Some(format!("ID token refused: {}", e.describe())),
             ))
         }
     };
     let email = clean_claim(identity.email.as_deref());
-    if email.is_empty() && matches!(cfg.email_domains, EmailDomains::List(_)) {
+    if email.is_empty() && matches!(policy.email_domains, EmailDomains::List(_)) {
         return fail(error_reply(
-            403,
-            "email_not_allowed",
+            Reason::EmailNotAllowed,
             Some("no email claim".into()),
         ));
     }
     if !email.is_empty() {
-        if identity.email_verified == Some(false) && !cfg.allow_unverified_email {
-            return fail(error_reply(403, "email_unverified", None));
+        if identity.email_verified == Some(false) && !policy.allow_unverified_email {
+            return fail(error_reply(Reason::EmailUnverified, None));
         }
-        if !email_domain_allowed(&cfg.email_domains, &email) {
+        if !email_domain_allowed(&policy.email_domains, &email) {
             return fail(error_reply(
-                403,
-                "email_not_allowed",
+                Reason::EmailNotAllowed,
                 Some("email domain not in email_domains".into()),
             ));
         }
     }
     let Some(key) = cfg.keys.first() else {
-        return fail(error_reply(500, "internal_error", None));
+        return fail(error_reply(Reason::InternalError, None));
     };
     let session = Session {
         expires_at: ctx.now + cfg.cookie.expire_secs,
@@ -972,35 +1056,38 @@ pub fn on_token_response(
     };
     if session.sub.is_empty() {
         return fail(error_reply(
-            502,
-            "id_token_invalid",
+            Reason::IdTokenInvalid,
             Some("unusable sub".into()),
         ));
     }
-    let Some(value) = session.encode(key, &cfg.scope(&cfg.cookie.name)) else {
+    let name = &here.p.cookie_name;
+    let Some(value) = session.encode(key, &here.p.scope(name)) else {
         return fail(error_reply(
-            500,
-            "internal_error",
+            Reason::InternalError,
             Some("session cookie too large".into()),
         ));
     };
     let attrs = CookieAttrs::session(&cfg.cookie, &pending.host);
     let cookies = vec![
-        attrs.set(&cfg.cookie.name, &value, cfg.cookie.expire_secs),
+        attrs.set(name, &value, cfg.cookie.expire_secs),
         flow_attrs(cfg, &pending.host).clear(&pending.flow_cookie),
     ];
-    let mut r = redirect(&pending.return_url, cookies, "login_complete");
+    let mut r = redirect(&pending.return_url, cookies, Reason::LoginComplete);
     r.detail = Some("login complete".into());
     TokenOutcome::Reply(r)
 }
 
 /// Clears the session cookie with the attributes it was set with, then sends the user to a
 /// validated `rd` (or `/`).
-fn sign_out(ctx: &Ctx<'_>, req: &Request) -> LocalReply {
-    let cfg = ctx.config;
+fn sign_out(here: &Here<'_>, req: &Request) -> LocalReply {
+    let cfg = here.config;
     let target = rd_param(req)
         .and_then(|rd| validate_return_url(&rd, &req.authority, &cfg.whitelist_domains))
         .unwrap_or_else(|| "/".to_string());
     let attrs = CookieAttrs::session(&cfg.cookie, &req.host());
-    redirect(&target, vec![attrs.clear(&cfg.cookie.name)], "signed_out")
+    redirect(
+        &target,
+        vec![attrs.clear(&here.p.cookie_name)],
+        Reason::SignedOut,
+    )
 }

@@ -6,11 +6,11 @@
 mod common;
 
 use common::*;
-use oidc_filter::flow::{Decision, TokenOutcome};
-use oidc_filter::session::code_challenge;
+use oidc_filter_core::flow::{Decision, TokenOutcome};
+use oidc_filter_core::session::code_challenge;
 use serde_json::json;
 
-fn token_outcome_reply(o: TokenOutcome) -> oidc_filter::flow::LocalReply {
+fn token_outcome_reply(o: TokenOutcome) -> oidc_filter_core::flow::LocalReply {
     match o {
         TokenOutcome::Reply(r) => r,
         other => panic!("expected a reply, got {other:?}"),
@@ -21,8 +21,8 @@ fn exchange(
     w: &mut World,
     path: &str,
 ) -> (
-    oidc_filter::flow::Callout,
-    oidc_filter::flow::PendingLogin,
+    oidc_filter_core::flow::Callout,
+    oidc_filter_core::flow::PendingLogin,
     String,
 ) {
     let (auth, flow) = start_login(w, path);
@@ -125,7 +125,7 @@ fn nothing_passes_before_the_provider_is_loaded() {
     let mut w = World::new(config());
     w.ready = false;
     let r = reply(w.request(&get("/")));
-    assert_eq!((r.status, r.reason), (503, "idp_not_ready"));
+    assert_eq!((r.status, r.reason.code()), (503, "idp_not_ready"));
     assert_eq!(header(&r, "retry-after"), Some("5"));
     let r = reply(w.request(&get("/oauth2/start?rd=/x")));
     assert_eq!(r.status, 503);
@@ -325,9 +325,9 @@ fn our_cookies_leave_every_cookie_header_one_host_call_each() {
         .iter()
         .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
         .collect();
-    let ops = oidc_filter::flow::header_ops(&w.config, &raw, &f);
+    let ops = oidc_filter_core::flow::header_ops(&w.config, &raw, &f);
     assert_eq!(ops.len(), 1 + f.set.len(), "{ops:?}");
-    assert!(ops.contains(&oidc_filter::flow::HeaderOp::Replace(
+    assert!(ops.contains(&oidc_filter_core::flow::HeaderOp::Replace(
         b"cookie",
         std::borrow::Cow::Borrowed(b"a=1")
     )));
@@ -449,7 +449,7 @@ fn callback_failures() {
     ];
     for (q, status, reason) in cases {
         let r = reply(w.request(&cb(&q)));
-        assert_eq!((r.status, r.reason), (status, reason), "{q}");
+        assert_eq!((r.status, r.reason.code()), (status, reason), "{q}");
         assert!(!r.body.contains("<script>"), "{q}");
     }
     let r = reply(w.request(&cb("error=access_denied")));
@@ -508,16 +508,20 @@ fn token_endpoint_failures() {
     ];
     for (status, body, want_status, reason) in cases {
         let r = token_outcome_reply(w.token_response(&pending, status, &body, true));
-        assert_eq!((r.status, r.reason), (want_status, reason), "{status:?}");
+        assert_eq!(
+            (r.status, r.reason.code()),
+            (want_status, reason),
+            "{status:?}"
+        );
         assert!(set_cookies(&r).is_empty());
     }
 }
 
 fn id_token_case(
     w: &World,
-    pending: &oidc_filter::flow::PendingLogin,
+    pending: &oidc_filter_core::flow::PendingLogin,
     token: &str,
-) -> oidc_filter::flow::LocalReply {
+) -> oidc_filter_core::flow::LocalReply {
     token_outcome_reply(w.token_response(pending, Some(200), &token_body(token), false))
 }
 
@@ -628,7 +632,7 @@ fn id_token_validation_oidc_core_3_1_3_7() {
     for (name, token) in bad {
         let r = id_token_case(&w, &pending, &token);
         assert_eq!(
-            (r.status, r.reason),
+            (r.status, r.reason.code()),
             (502, "id_token_invalid"),
             "{name}: {r:?}"
         );
@@ -684,7 +688,7 @@ fn email_rules() {
         let k = rsa_key(0);
         let t = sign_rs256(k, &json!({"alg": "RS256", "kid": k.kid}), &c);
         let r = id_token_case(&w, &pending, &t);
-        (r.status, r.reason)
+        (r.status, r.reason.code())
     };
     let domains = json!({"email_domains": ["example.com"]});
     assert_eq!(check(domains.clone(), &|_| {}), (302, "login_complete"));
@@ -813,7 +817,7 @@ fn paths_are_classified_exactly() {
         "/OAUTH2/CALLBACK",
     ] {
         let r = reply(w.request(&get(p)));
-        assert_eq!((r.status, r.reason), (302, "login_redirect"), "{p}");
+        assert_eq!((r.status, r.reason.code()), (302, "login_redirect"), "{p}");
     }
     // The callback with a fragment-free query is the callback.
     let r = reply(w.request(&get("/oauth2/callback?error=access_denied")));
@@ -956,7 +960,7 @@ impl Gen {
 /// our cookie names, MAC-shaped values, bytes that are not UTF-8).
 #[test]
 fn arbitrary_requests_never_panic() {
-    use oidc_filter::headermap;
+    use oidc_filter_core::headermap;
     let mut w = World::new(config_with(json!({"skip_auth_preflight": true})));
     let (name, value) = login(&mut w, "/");
     let (auth, flow_cookie) = start_login(&mut w, "/");
@@ -1076,11 +1080,11 @@ fn arbitrary_requests_never_panic() {
             .collect();
         let map = headermap::serialize(&borrowed).unwrap();
         let raw = headermap::parse(&map).unwrap();
-        let req = oidc_filter::http::Request::from_pairs(&raw);
+        let req = oidc_filter_core::http::Request::from_pairs(&raw);
         match w.request(&req) {
             Decision::Continue(f) => {
                 seen[0] += 1;
-                let _ = oidc_filter::flow::header_ops(&w.config, &raw, &f);
+                let _ = oidc_filter_core::flow::header_ops(&w.config, &raw, &f);
             }
             Decision::Reply(r) => seen[if r.status == 302 { 1 } else { 2 }] += 1,
             Decision::ExchangeCode { .. } => seen[3] += 1,

@@ -4,7 +4,7 @@
 
 use url::Url;
 
-use crate::config::Config;
+use crate::config::ProviderConfig;
 use crate::flow::Callout;
 use crate::oidc::{KeySet, Provider};
 
@@ -51,7 +51,7 @@ pub enum UnknownKid {
 }
 
 /// A GET to `url` through the proxy, routed by the config's cluster map.
-pub fn get_callout(cfg: &Config, url: &Url) -> Option<Callout> {
+pub fn get_callout(cfg: &ProviderConfig, url: &Url) -> Option<Callout> {
     let (cluster, authority) = cfg.route_for(url)?;
     let mut path = url.path().to_string();
     if let Some(q) = url.query() {
@@ -72,7 +72,7 @@ pub fn get_callout(cfg: &Config, url: &Url) -> Option<Callout> {
 }
 
 impl IdpState {
-    pub fn new(cfg: &Config) -> Self {
+    pub fn new(cfg: &ProviderConfig) -> Self {
         let provider = cfg.static_endpoints.as_ref().map(|e| Provider {
             issuer: cfg.issuer.clone(),
             authorization_endpoint: e.authorization_endpoint.clone(),
@@ -93,7 +93,7 @@ impl IdpState {
     /// due fetch cannot start (no cluster for its host); it is retried after a backoff.
     pub fn poll(
         &mut self,
-        cfg: &Config,
+        cfg: &ProviderConfig,
         now: u64,
     ) -> Result<Option<(FetchKind, Callout, String)>, String> {
         if let Some((_, since)) = self.in_flight {
@@ -148,7 +148,7 @@ impl IdpState {
     /// A fetch answered (`status` is `None` when it failed). Returns a log line.
     pub fn on_response(
         &mut self,
-        cfg: &Config,
+        cfg: &ProviderConfig,
         kind: FetchKind,
         status: Option<u32>,
         body: &[u8],
@@ -223,7 +223,7 @@ impl IdpState {
             .push((kid.to_string(), now + REFUSED_KID_SECS));
     }
 
-    pub fn jwks_callout(&self, cfg: &Config) -> Option<Callout> {
+    pub fn jwks_callout(&self, cfg: &ProviderConfig) -> Option<Callout> {
         get_callout(cfg, &self.provider.as_ref()?.jwks_uri)
     }
 }
@@ -232,7 +232,7 @@ impl IdpState {
 mod tests {
     use super::*;
 
-    fn cfg(extra: serde_json::Value) -> Config {
+    fn cfg(extra: serde_json::Value) -> ProviderConfig {
         let mut v = serde_json::json!({
             "oidc_issuer_url": "https://issuer.example.com",
             "client_id": "app", "client_secret": "x", "idp_cluster": "idp",
@@ -241,7 +241,10 @@ mod tests {
         for (k, val) in extra.as_object().unwrap() {
             v[k] = val.clone();
         }
-        Config::parse(v.to_string().as_bytes(), &|_| None).unwrap()
+        crate::config::Config::parse(v.to_string().as_bytes(), &|_| None)
+            .unwrap()
+            .providers
+            .remove(0)
     }
 
     fn discovery(jwks: &str) -> Vec<u8> {

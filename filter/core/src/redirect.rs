@@ -6,6 +6,7 @@
 
 use url::Url;
 
+use crate::domain::DomainPattern;
 use crate::http::host_of_authority;
 
 pub const MAX_RETURN_URL: usize = 2048;
@@ -14,7 +15,7 @@ pub const MAX_RETURN_URL: usize = 2048;
 pub fn validate_return_url(
     raw: &str,
     request_authority: &str,
-    whitelist: &[String],
+    whitelist: &[DomainPattern],
 ) -> Option<String> {
     if raw.is_empty() || raw.len() > MAX_RETURN_URL {
         return None;
@@ -50,44 +51,25 @@ pub fn validate_return_url(
         .and_then(|p| p.strip_prefix(':'))
         .and_then(|p| p.parse::<u16>().ok());
     let same_host = host == req_host && port == req_port;
-    if same_host || whitelist.iter().any(|w| whitelist_allows(w, &host, port)) {
+    if same_host || whitelist.iter().any(|w| w.matches_with_port(&host, port)) {
         Some(u.as_str().to_string())
     } else {
         None
     }
 }
 
-/// oauth2-proxy's `--whitelist-domain` forms: `example.com`, `.example.com` (the domain and
-/// its subdomains), each optionally with `:port` or `:*` for any port.
-fn whitelist_allows(entry: &str, host: &str, port: Option<u16>) -> bool {
-    let (domain, want_port) = match entry.rsplit_once(':') {
-        Some((d, p)) => (d, Some(p)),
-        None => (entry, None),
-    };
-    let port_ok = match want_port {
-        None => port.is_none(),
-        Some("*") => true,
-        Some(p) => p.parse::<u16>().ok() == port,
-    };
-    let host_ok = match domain.strip_prefix('.') {
-        Some(bare) => host == bare || host.ends_with(domain),
-        None => host == domain,
-    };
-    port_ok && host_ok
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::LeadingDot;
 
     fn v(raw: &str) -> Option<String> {
         validate_return_url(
             raw,
             "app.example.com",
-            &[
-                ".trusted.example".to_string(),
-                "exact.example:8443".to_string(),
-            ],
+            &[".trusted.example", "exact.example:8443"].map(|w| {
+                DomainPattern::parse(w, crate::domain::LeadingDot::WithSubdomains, true).unwrap()
+            }),
         )
     }
 
@@ -151,7 +133,9 @@ mod tests {
 
     #[test]
     fn any_port_wildcard() {
-        let w = ["internal.example:*".to_string()];
+        let w = [
+            DomainPattern::parse("internal.example:*", LeadingDot::WithSubdomains, true).unwrap(),
+        ];
         assert!(validate_return_url("https://internal.example:9000/", "a", &w).is_some());
         assert!(validate_return_url("https://internal.example/", "a", &w).is_some());
     }

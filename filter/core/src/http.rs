@@ -199,11 +199,8 @@ impl CookieAttrs {
         let domain = c
             .domains
             .iter()
-            .find(|d| {
-                let bare = d.trim_start_matches('.');
-                host == bare || host.ends_with(&format!(".{bare}"))
-            })
-            .cloned();
+            .find(|d| d.matches(host))
+            .map(|d| d.cookie_domain());
         CookieAttrs {
             path: c.path.clone(),
             domain,
@@ -403,7 +400,12 @@ mod tests {
     fn set_and_clear_cookie_match_attributes() {
         let c = CookieConfig {
             name: "_oauth2_proxy".into(),
-            domains: vec![".example.com".into()],
+            domains: vec![crate::domain::DomainPattern::parse(
+                ".example.com",
+                crate::domain::LeadingDot::WithSubdomains,
+                false,
+            )
+            .unwrap()],
             path: "/".into(),
             expire_secs: 60,
             secure: true,
