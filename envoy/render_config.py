@@ -57,6 +57,19 @@ def _set_cluster_port(cfg, name, port):
     raise KeyError("no cluster %s" % name)
 
 
+def add_cluster_like(cfg, model, name, port):
+    """Add a cluster `name` like cluster `model`, with its endpoint on 127.0.0.1:`port`."""
+    for c in cfg["static_resources"]["clusters"]:
+        if c["name"] == model:
+            new = copy.deepcopy(c)
+            new["name"] = name
+            new["load_assignment"]["cluster_name"] = name
+            cfg["static_resources"]["clusters"].append(new)
+            _set_cluster_port(cfg, name, port)
+            return
+    raise KeyError("no cluster %s" % model)
+
+
 def render(listen_port=8080, admin_port=9901, idp_port=9000, upstream_port=8081,
            wasm_path=None, overrides=None, base=None):
     """Return an Envoy config dict: envoy.yaml with ports, wasm path and plugin settings replaced.

@@ -111,7 +111,7 @@ class Proc:
 class OP:
     """The local OpenID provider (node envoy/op/server.mjs)."""
 
-    def __init__(self, log_dir, envoy_ports, port=None, name="op"):
+    def __init__(self, log_dir, envoy_ports, port=None, name="op", redirect_uris=None):
         self.port = port or free_port()
         self.admin_port = free_port()
         self.issuer = "http://127.0.0.1:%d" % self.port
@@ -119,6 +119,8 @@ class OP:
                 "--port", str(self.port), "--admin-port", str(self.admin_port),
                 "--client-id", CLIENT_ID, "--client-secret", CLIENT_SECRET,
                 "--envoy-ports", ",".join(str(p) for p in envoy_ports)]
+        if redirect_uris:
+            argv += ["--redirect-uris", ",".join(redirect_uris)]
         self.proc = Proc(name, argv, log_dir)
         wait_until(self._ready, 20, "OP discovery on :%d" % self.port)
 
@@ -164,7 +166,7 @@ class Envoy:
     """One Envoy process running envoy/envoy.yaml rendered with test ports and settings."""
 
     def __init__(self, log_dir, name, port, idp_port, upstream_port, overrides=None,
-                 wait_idp=True, concurrency=2):
+                 wait_idp=True, concurrency=2, extra_idps=None):
         self.name = name
         self.port = port
         self.admin_port = free_port()
@@ -174,6 +176,9 @@ class Envoy:
         plugin.update(overrides or {})
         cfg = render_config.render(port, self.admin_port, idp_port, upstream_port,
                                    wasm_path(), plugin)
+        # More providers: a copy of the "idp" cluster per name, to another port.
+        for cname, cport in (extra_idps or {}).items():
+            render_config.add_cluster_like(cfg, "idp", cname, cport)
         self.config_path = render_config.write(cfg, os.path.join(log_dir, "%s.json" % name))
         self.base_id = next(_base_ids)
         argv = [envoy_binary(), "-c", self.config_path, "--base-id", str(self.base_id),
