@@ -145,8 +145,9 @@ def test_an_unprotected_host_passes_untouched(sites):
             headers={"X-Forwarded-Email": "forged@evil.test", "X-Auth-Request-User": "forged"})
     view = h.upstream_view(r)
     assert view["path"] == "/status"
-    # No identity there, and none a client forged.
+    # No identity there, none a client forged, and not our session cookie.
     assert view["identity"] == {}, view["identity"]
+    assert "cookie" not in view["hdict"], view["hdict"]
     # The filter's endpoints are the upstream's paths on that host.
     assert h.upstream_view(get(envoy, "open.test", "/oauth2/start",
                                               accept=h.JSON_ACCEPT))["path"] == "/oauth2/start"
