@@ -71,9 +71,11 @@ fn main() -> Result<(), Box<dyn Error>> {
     let session = Session {
         expires_at: now + ttl,
         issued_at: now,
-        sub: "bench-user-0001".into(),
-        email: "bench.user@example.com".into(),
-        preferred_username: "bench.user".into(),
+        claims: [
+            "bench-user-0001".into(),
+            "bench.user@example.com".into(),
+            "bench.user".into(),
+        ],
     };
     let session_value = session
         .encode(key, &p.scope(name))
@@ -102,8 +104,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     }]});
     let claims = json!({
         "iss": p.issuer, "aud": p.client_id, "azp": p.client_id,
-        "sub": session.sub, "email": session.email, "email_verified": true,
-        "preferred_username": session.preferred_username, "name": "Bench User",
+        "sub": session.claims[0], "email": session.claims[1], "email_verified": true,
+        "preferred_username": session.claims[2], "name": "Bench User",
         "exp": now + ttl, "iat": now, "auth_time": now, "nonce": nonce,
     });
     let id_token = sign_rs256(

@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 
+use crate::claims::{ClaimSpec, CLAIMS, EMAIL, SUB};
 use crate::config::{
     Config, EmailDomains, Policy, ProviderConfig, RedirectUrl, SameSite, Site, TokenAuthMethod,
 };
@@ -478,7 +479,7 @@ fn current_session(here: &Here<'_>, req: &Request) -> Option<Session> {
 fn session_allowed(policy: &Policy, s: &Session) -> bool {
     match &policy.email_domains {
         EmailDomains::Any => true,
-        EmailDomains::List(_) => email_domain_allowed(&policy.email_domains, &s.email),
+        EmailDomains::List(_) => email_domain_allowed(&policy.email_domains, s.email()),
     }
 }
 
@@ -491,36 +492,24 @@ fn is_flow_cookie(cfg: &Config, name: &[u8]) -> bool {
         .is_some_and(|rest| rest.starts_with(b"_csrf_"))
 }
 
-const FORWARDED: [&str; 3] = [
-    "x-forwarded-user",
-    "x-forwarded-email",
-    "x-forwarded-preferred-username",
-];
-const AUTH_REQUEST: [&str; 3] = [
-    "x-auth-request-user",
-    "x-auth-request-email",
-    "x-auth-request-preferred-username",
-];
-
 fn identity_headers(
     cfg: &Config,
     s: &Session,
     for_upstream: bool,
 ) -> Vec<(Cow<'static, str>, String)> {
-    let values = [&s.sub, &s.email, &s.preferred_username];
-    let mut out = Vec::with_capacity(6);
-    let mut push = |names: &[&'static str; 3]| {
-        for (name, value) in names.iter().zip(values) {
+    let mut out = Vec::with_capacity(2 * CLAIMS.len());
+    let mut push = |name: fn(&ClaimSpec) -> &'static str| {
+        for (spec, value) in CLAIMS.iter().zip(&s.claims) {
             if !value.is_empty() {
-                out.push((Cow::Borrowed(*name), value.clone()));
+                out.push((Cow::Borrowed(name(spec)), value.clone()));
             }
         }
     };
     if cfg.pass_user_headers && for_upstream {
-        push(&FORWARDED);
+        push(|c| c.forwarded);
     }
     if cfg.set_xauthrequest || !for_upstream {
-        push(&AUTH_REQUEST);
+        push(|c| c.auth_request);
     }
     out
 }
@@ -1026,7 +1015,7 @@ pub fn on_token_response(
             ))
         }
     };
-    let email = clean_claim(identity.email.as_deref());
+    let email = clean_claim(identity.email());
     if email.is_empty() && matches!(policy.email_domains, EmailDomains::List(_)) {
         return fail(error_reply(
             Reason::EmailNotAllowed,
@@ -1050,11 +1039,13 @@ pub fn on_token_response(
     let session = Session {
         expires_at: ctx.now + cfg.cookie.expire_secs,
         issued_at: ctx.now,
-        sub: clean_claim(Some(&identity.sub)),
-        email,
-        preferred_username: clean_claim(identity.preferred_username.as_deref()),
+        claims: std::array::from_fn(|i| match i {
+            SUB => clean_claim(Some(&identity.sub)),
+            EMAIL => email.clone(),
+            _ => clean_claim(identity.claims[i].as_deref()),
+        }),
     };
-    if session.sub.is_empty() {
+    if session.sub().is_empty() {
         return fail(error_reply(
             Reason::IdTokenInvalid,
             Some("unusable sub".into()),

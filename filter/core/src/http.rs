@@ -1,6 +1,7 @@
 //! HTTP pieces: the request view the core decides on, Cookie parsing (RFC 6265 §5.4),
 //! Set-Cookie building, query parameters, and the names of identity headers.
 
+use crate::claims::CLAIMS;
 use std::borrow::Cow;
 
 use crate::config::CookieConfig;
@@ -243,30 +244,31 @@ pub fn query_params(q: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The identity headers we set. A client's own copies are removed whatever their spelling.
-pub const IDENTITY_HEADERS: &[&str] = &[
-    "x-forwarded-user",
-    "x-forwarded-email",
-    "x-forwarded-preferred-username",
+/// Identity headers no claim of ours sets (yet) that upstreams of oauth2-proxy trust: a
+/// client's copies are removed like those of `claims::CLAIMS`.
+pub const RESERVED_IDENTITY_HEADERS: &[&str] = &[
     "x-forwarded-groups",
     "x-forwarded-access-token",
-    "x-auth-request-user",
-    "x-auth-request-email",
-    "x-auth-request-preferred-username",
     "x-auth-request-groups",
     "x-auth-request-access-token",
 ];
 
+/// Every header a client may not send us: each claim's two headers, and the reserved ones.
+pub fn identity_header_names() -> impl Iterator<Item = &'static str> {
+    CLAIMS
+        .iter()
+        .flat_map(|c| [c.forwarded, c.auth_request])
+        .chain(RESERVED_IDENTITY_HEADERS.iter().copied())
+}
+
 /// True when `name` spells one of the identity headers in any case, with `_` for `-`.
 pub fn is_identity_header(name: &str) -> bool {
-    if name.len() < 16 || name.len() > 34 {
-        return false;
-    }
-    let first = name.as_bytes()[0];
+    // All of them start with `x-`: most request headers are out after one byte.
+    let first = name.as_bytes().first().copied().unwrap_or(0);
     if first != b'x' && first != b'X' {
         return false;
     }
-    IDENTITY_HEADERS.iter().any(|h| {
+    identity_header_names().any(|h| {
         h.len() == name.len()
             && h.bytes().zip(name.bytes()).all(|(a, b)| {
                 let b = b.to_ascii_lowercase();

@@ -6,10 +6,10 @@
 //! outputs into host calls. See ARCHITECTURE.md.
 #![forbid(unsafe_code)]
 
+pub mod claims;
 pub mod config;
 pub mod domain;
 pub mod engine;
-
 pub mod flow;
 pub mod headermap;
 pub mod http;

@@ -1,6 +1,7 @@
 //! OpenID Connect: provider metadata (Discovery 1.0), the key set (RFC 7517), the token
 //! response (RFC 6749 §5.1) and ID token validation (OIDC Core §3.1.3.7).
 
+use crate::claims::{CLAIMS, EMAIL};
 use std::borrow::Cow;
 
 use jwt_compact::alg::{Es256, Rsa, RsaPublicKey};
@@ -218,19 +219,36 @@ struct IdClaims {
     aud: Option<Audience>,
     azp: Option<String>,
     nonce: Option<String>,
-    email: Option<String>,
     email_verified: Option<Flag>,
-    preferred_username: Option<String>,
+    /// Every other claim, read by name (`claims::CLAIMS`).
+    #[serde(flatten)]
+    other: serde_json::Map<String, serde_json::Value>,
+}
+
+impl IdClaims {
+    /// A claim of `claims::CLAIMS` by name, if it is a string.
+    fn text(&self, name: &str) -> Option<String> {
+        match name {
+            "sub" => self.sub.clone(),
+            _ => self.other.get(name)?.as_str().map(str::to_string),
+        }
+    }
 }
 
 /// The identity a validated ID token carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub sub: String,
-    pub email: Option<String>,
     /// `None` when the claim is absent.
     pub email_verified: Option<bool>,
-    pub preferred_username: Option<String>,
+    /// The claims of `claims::CLAIMS`, in its order (`None`: absent or not a string).
+    pub claims: [Option<String>; CLAIMS.len()],
+}
+
+impl Identity {
+    pub fn email(&self) -> Option<&str> {
+        self.claims[EMAIL].as_deref()
+    }
 }
 
 /// Why an ID token was refused. The name is logged; the client sees `id_token_invalid`.
@@ -427,12 +445,11 @@ pub fn validate_id_token(
     };
     Ok(Identity {
         sub,
-        email: c.email.clone(),
         email_verified: match &c.email_verified {
             Some(Flag::Bool(b)) => Some(*b),
             Some(Flag::Text(t)) => Some(t.eq_ignore_ascii_case("true")),
             None => None,
         },
-        preferred_username: c.preferred_username.clone(),
+        claims: CLAIMS.map(|spec| c.text(spec.name)),
     })
 }

@@ -8,6 +8,7 @@
 //! Verification checks the MAC first, in constant time, against every configured key (the
 //! first one signs), and only then reads the payload.
 
+use crate::claims::{ClaimValues, EMAIL, SUB};
 use crate::config::KeySet;
 use crate::util::{b64url, b64url_decode, ct_eq, put_lp, MacKey, Reader};
 
@@ -23,9 +24,8 @@ pub const MAX_CLAIM_LEN: usize = 512;
 pub struct Session {
     pub expires_at: u64,
     pub issued_at: u64,
-    pub sub: String,
-    pub email: String,
-    pub preferred_username: String,
+    /// Values of `claims::CLAIMS`, in its order.
+    pub claims: ClaimValues,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,7 +104,7 @@ impl Session {
         let mut p = Vec::with_capacity(64);
         p.extend_from_slice(&self.expires_at.to_be_bytes());
         p.extend_from_slice(&self.issued_at.to_be_bytes());
-        for s in [&self.sub, &self.email, &self.preferred_username] {
+        for s in &self.claims {
             if s.len() > MAX_CLAIM_LEN {
                 return None;
             }
@@ -128,9 +128,10 @@ impl Session {
         let mut r = Reader::new(&payload);
         let expires_at = r.u64().ok_or(SessionError::Malformed)?;
         let issued_at = r.u64().ok_or(SessionError::Malformed)?;
-        let sub = r.lp_str().ok_or(SessionError::Malformed)?.to_string();
-        let email = r.lp_str().ok_or(SessionError::Malformed)?.to_string();
-        let preferred_username = r.lp_str().ok_or(SessionError::Malformed)?.to_string();
+        let mut claims = ClaimValues::default();
+        for c in &mut claims {
+            *c = r.lp_str().ok_or(SessionError::Malformed)?.to_string();
+        }
         if !r.is_empty() {
             return Err(SessionError::Malformed);
         }
@@ -140,10 +141,16 @@ impl Session {
         Ok(Session {
             expires_at,
             issued_at,
-            sub,
-            email,
-            preferred_username,
+            claims,
         })
+    }
+
+    pub fn sub(&self) -> &str {
+        &self.claims[SUB]
+    }
+
+    pub fn email(&self) -> &str {
+        &self.claims[EMAIL]
     }
 }
 
@@ -252,9 +259,7 @@ mod tests {
         Session {
             expires_at: 2000,
             issued_at: 1000,
-            sub: "u1".into(),
-            email: "alice@example.com".into(),
-            preferred_username: "alice".into(),
+            claims: ["u1".into(), "alice@example.com".into(), "alice".into()],
         }
     }
 
@@ -367,7 +372,7 @@ mod tests {
     fn oversized_claims_refused() {
         let k = keys(&[A]);
         let mut s = sample();
-        s.email = "a".repeat(MAX_CLAIM_LEN + 1);
+        s.claims[EMAIL] = "a".repeat(MAX_CLAIM_LEN + 1);
         assert_eq!(s.encode(&k[0], &sc("_s")), None);
     }
 

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use oidc_filter_core::config::Config;
-use oidc_filter_core::flow::{Decision, TokenOutcome};
+use oidc_filter_core::flow::{Callout, Decision, TokenOutcome};
 use oidc_filter_core::http::Request;
 use oidc_filter_core::oidc::Provider;
 use serde_json::json;
@@ -62,8 +62,9 @@ fn at(host: &str, mut r: Request<'static>) -> Request<'static> {
     r
 }
 
-/// A whole login at `host`, with an ID token from `issuer` for `aud`; the session cookie.
-fn login_at(w: &mut World, host: &str, issuer: &str, aud: &str) -> (String, String) {
+/// A login at `host` up to the token response: an ID token with `claims` changed by `set`.
+/// The token request's callout, and the outcome.
+fn answer_login(w: &mut World, host: &str, set: &[(&str, &str)]) -> (Callout, TokenOutcome) {
     let r = reply(w.request(&at(host, get("/x"))));
     assert_eq!(r.status, 302, "{r:?}");
     let auth = header(&r, "location").unwrap().to_string();
@@ -76,6 +77,26 @@ fn login_at(w: &mut World, host: &str, issuer: &str, aud: &str) -> (String, Stri
     else {
         panic!("no code exchange");
     };
+    let mut c = claims(&nonce);
+    for (k, v) in set {
+        c[*k] = (*v).into();
+    }
+    let k = rsa_key(0);
+    let token = sign_rs256(k, &json!({"alg": "RS256", "kid": k.kid}), &c);
+    let outcome = w.token_response(&pending, Some(200), &token_body(&token), true);
+    (callout, outcome)
+}
+
+fn reason_of(o: TokenOutcome) -> &'static str {
+    match o {
+        TokenOutcome::Reply(r) => r.reason.code(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A whole login at `host`, with an ID token from `issuer` for `aud`; the session cookie.
+fn login_at(w: &mut World, host: &str, issuer: &str, aud: &str) -> (String, String) {
+    let (callout, outcome) = answer_login(w, host, &[("iss", issuer), ("aud", aud)]);
     // The token request goes to this host's provider, with its client.
     let want_cluster = if issuer == ISSUER { "idp" } else { "partners" };
     assert_eq!(callout.cluster, want_cluster);
@@ -90,12 +111,7 @@ fn login_at(w: &mut World, host: &str, issuer: &str, aud: &str) -> (String, Stri
         .decode(basic)
         .unwrap();
     assert!(who.starts_with(format!("{aud}:").as_bytes()));
-    let mut c = claims(&nonce);
-    c["iss"] = issuer.into();
-    c["aud"] = aud.into();
-    let k = rsa_key(0);
-    let token = sign_rs256(k, &json!({"alg": "RS256", "kid": k.kid}), &c);
-    match w.token_response(&pending, Some(200), &token_body(&token), true) {
+    match outcome {
         TokenOutcome::Reply(r) => {
             assert_eq!(r.status, 302, "{r:?}");
             cookie_pair(set_cookies(&r)[0])
@@ -167,46 +183,20 @@ fn sessions_do_not_cross_providers() {
 #[test]
 fn an_id_token_from_the_other_provider_is_refused() {
     let mut w = world("deny");
-    let r = reply(w.request(&at("app.example.com", get("/x"))));
-    let auth = header(&r, "location").unwrap().to_string();
-    let flow = cookie_pair(set_cookies(&r).last().unwrap());
-    let nonce = param(&query(&auth), "nonce");
-    let Decision::ExchangeCode { pending, .. } =
-        w.request(&at("app.example.com", callback_request(&auth, &flow)))
-    else {
-        panic!("no code exchange");
-    };
-    let mut c = claims(&nonce);
-    c["iss"] = ISSUER_B.into();
-    let k = rsa_key(0);
-    let token = sign_rs256(k, &json!({"alg": "RS256", "kid": k.kid}), &c);
-    match w.token_response(&pending, Some(200), &token_body(&token), true) {
-        TokenOutcome::Reply(r) => assert_eq!(r.reason.code(), "id_token_invalid"),
-        other => panic!("{other:?}"),
-    }
+    let (_, o) = answer_login(&mut w, "app.example.com", &[("iss", ISSUER_B)]);
+    assert_eq!(reason_of(o), "id_token_invalid");
 }
 
 #[test]
 fn the_host_policy_applies() {
     let mut w = world("deny");
     // app.example.com takes example.com addresses only; the partners' host takes any.
-    let r = reply(w.request(&at("app.example.com", get("/x"))));
-    let auth = header(&r, "location").unwrap().to_string();
-    let flow = cookie_pair(set_cookies(&r).last().unwrap());
-    let nonce = param(&query(&auth), "nonce");
-    let Decision::ExchangeCode { pending, .. } =
-        w.request(&at("app.example.com", callback_request(&auth, &flow)))
-    else {
-        panic!("no code exchange");
-    };
-    let mut c = claims(&nonce);
-    c["email"] = "bob@partner.example".into();
-    let k = rsa_key(0);
-    let token = sign_rs256(k, &json!({"alg": "RS256", "kid": k.kid}), &c);
-    match w.token_response(&pending, Some(200), &token_body(&token), true) {
-        TokenOutcome::Reply(r) => assert_eq!(r.reason.code(), "email_not_allowed"),
-        other => panic!("{other:?}"),
-    }
+    let outside = [("email", "bob@partner.example")];
+    let (_, o) = answer_login(&mut w, "app.example.com", &outside);
+    assert_eq!(reason_of(o), "email_not_allowed");
+    let partners = [outside[0], ("iss", ISSUER_B), ("aud", "partners-app")];
+    let (_, o) = answer_login(&mut w, "a.partners.example.com", &partners);
+    assert_eq!(reason_of(o), "login_complete");
 }
 
 #[test]

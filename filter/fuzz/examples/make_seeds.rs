@@ -61,9 +61,7 @@ fn cookies() {
     let s = Session {
         expires_at: NOW + 3600,
         issued_at: NOW - 60,
-        sub: "248289761001".into(),
-        email: "alice@example.com".into(),
-        preferred_username: "alice".into(),
+        claims: ["248289761001".into(), "alice@example.com".into(), "alice".into()],
     };
     put("session_cookie", "valid-key-a", mode(0, s.encode(&c.keys[0], &scope).unwrap()));
     put("session_cookie", "valid-key-b", mode(0, s.encode(&c.keys[1], &scope).unwrap()));

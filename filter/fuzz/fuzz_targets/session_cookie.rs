@@ -43,9 +43,7 @@ fn fixture() -> &'static Fixture {
         let s = Session {
             expires_at: NOW + 3600,
             issued_at: NOW - 60,
-            sub: "u1".into(),
-            email: "alice@example.com".into(),
-            preferred_username: "alice".into(),
+            claims: ["u1".into(), "alice@example.com".into(), "alice".into()],
         };
         let minted = s.encode(&f.cfg.keys[0], &f.scope()).expect("encodes");
         let (_, p, _) = split3(&minted).expect("three parts");
