@@ -65,10 +65,12 @@ const USERS = [
   {
     sub: 'alice', email: 'alice@example.com', email_verified: true,
     preferred_username: 'alice', name: 'Alice Example', password: 'password',
+    groups: ['admins', 'staff'], realm_access: { roles: ['grafana-admin', 'viewer'] },
   },
   {
     sub: 'bob', email: 'bob@example.com', email_verified: true,
     preferred_username: 'bob', name: 'Bob Example', password: 'password',
+    groups: ['staff'], realm_access: { roles: ['viewer'] },
   },
   {
     // An account whose email is not verified (the filter should refuse it by default).
@@ -105,6 +107,8 @@ async function findAccount(ctx, id) {
         email_verified: user.email_verified,
         preferred_username: user.preferred_username,
         name: user.name,
+        groups: user.groups || [],
+        realm_access: user.realm_access || { roles: [] },
       };
     },
   };
@@ -157,7 +161,8 @@ function buildProvider(signingJwk) {
     claims: {
       openid: ['sub'],
       email: ['email', 'email_verified'],
-      profile: ['preferred_username', 'name'],
+      // groups as most providers send them, realm_access.roles as Keycloak nests its roles.
+      profile: ['preferred_username', 'name', 'groups', 'realm_access'],
     },
     scopes: ['openid', 'email', 'profile', 'offline_access'],
     // Put the scope-requested claims (email, preferred_username) in the ID token itself.
