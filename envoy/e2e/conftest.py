@@ -38,7 +38,8 @@ def wasm():
 @pytest.fixture(scope="session")
 def ports():
     """Envoy listener ports, reserved up front so the OP can register their redirect URIs."""
-    return {n: h.free_port() for n in ("main", "peer", "short", "other", "browser", "hostprefix")}
+    return {n: h.free_port() for n in ("main", "peer", "short", "other", "browser", "hostprefix",
+                                    "policy")}
 
 
 @pytest.fixture(scope="session")

@@ -76,6 +76,8 @@ fn main() -> Result<(), Box<dyn Error>> {
             "bench.user@example.com".into(),
             "bench.user".into(),
         ],
+        groups: vec![],
+        attrs: vec![],
     };
     let session_value = session
         .encode(key, &p.scope(name))

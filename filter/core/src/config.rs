@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 use url::Url;
 
 use crate::domain::{DomainPattern, LeadingDot, Reach};
+use crate::policy::{Carry, ClaimRule, RuleOp};
 use crate::util::{b64_any_decode, parse_duration_ms, MacKey};
 
 /// Defaults, as oauth2-proxy has them where the option exists there.
@@ -152,6 +153,10 @@ pub struct ProviderConfig {
     pub token_auth: TokenAuthMethod,
     pub static_endpoints: Option<StaticEndpoints>,
     pub jwks_refresh_secs: u64,
+    /// `oidc_groups_claim`: where the ID token holds the groups (a claim path).
+    pub groups_claim: String,
+    /// What this provider's sessions carry for the policies and headers that use them.
+    pub carry: Carry,
 }
 
 impl ProviderConfig {
@@ -184,6 +189,12 @@ impl ProviderConfig {
 pub struct Policy {
     pub email_domains: EmailDomains,
     pub allow_unverified_email: bool,
+    /// Exact addresses (compared case-insensitively) that pass besides `email_domains`.
+    pub allowed_emails: Vec<String>,
+    /// At least one of these groups (empty: no group rule).
+    pub allowed_groups: Vec<String>,
+    /// Every rule must hold.
+    pub claim_rules: Vec<ClaimRule>,
 }
 
 /// What a host gets.
@@ -229,6 +240,10 @@ pub struct Config {
     pub default_site: Site,
     /// The top-level policy; `hosts` entries start from it.
     pub default_policy: Policy,
+    /// Carry every group and send it upstream (`X-Forwarded-Groups`, `X-Auth-Request-Groups`).
+    pub pass_groups: bool,
+    /// `claim_headers`: (header, lower case; claim path) set upstream from the session.
+    pub claim_headers: Vec<(String, String)>,
 }
 
 impl Config {
@@ -238,6 +253,71 @@ impl Config {
             .iter()
             .find(|r| r.patterns.iter().any(|p| p.matches(host)))
             .map_or(&self.default_site, |r| &r.site)
+    }
+
+    /// Whether a client's header `name` must go: an identity header of ours in any spelling
+    /// (case, `_` for `-`), a `claim_headers` one included.
+    pub fn is_identity_header(&self, name: &str) -> bool {
+        crate::http::is_identity_header(name)
+            || self
+                .claim_headers
+                .iter()
+                .any(|(h, _)| crate::http::same_header_spelling(h, name))
+    }
+
+    /// The policies sessions of provider `index` are checked against.
+    fn policies_of(&self, index: usize) -> impl Iterator<Item = &Policy> {
+        self.hosts
+            .iter()
+            .map(|h| &h.site)
+            .chain([&self.default_site])
+            .filter_map(move |s| match s {
+                Site::Protect { provider, policy } if *provider == index => Some(policy),
+                _ => None,
+            })
+            .chain((index == 0).then_some(&self.default_policy))
+    }
+
+    /// What provider `index`'s sessions must carry: the groups some `allowed_groups` names
+    /// (all of them with `pass_groups`), and the claims of claim rules and `claim_headers`.
+    fn carry_of(&self, index: usize) -> Carry {
+        let mut named: Vec<String> = Vec::new();
+        let mut claims: Vec<String> = Vec::new();
+        for p in self.policies_of(index) {
+            for g in &p.allowed_groups {
+                if !named.contains(g) {
+                    named.push(g.clone());
+                }
+            }
+            for r in &p.claim_rules {
+                if !claims.contains(&r.claim) {
+                    claims.push(r.claim.clone());
+                }
+            }
+        }
+        for (_, path) in &self.claim_headers {
+            if !claims.contains(path) {
+                claims.push(path.clone());
+            }
+        }
+        let groups_claim = self.providers.get(index).map(|p| p.groups_claim.clone());
+        match (self.pass_groups, named.is_empty()) {
+            (true, _) => Carry {
+                groups_claim,
+                groups_only: None,
+                claims,
+            },
+            (false, false) => Carry {
+                groups_claim,
+                groups_only: Some(named),
+                claims,
+            },
+            (false, true) => Carry {
+                groups_claim: None,
+                groups_only: None,
+                claims,
+            },
+        }
     }
 
     /// Whether `name` is a session cookie of one of our providers.
@@ -306,7 +386,13 @@ const KEYS: &[(&str, Section)] = &[
     ("redeem_url", Section::Provider),
     ("oidc_jwks_url", Section::Provider),
     ("jwks_refresh_interval", Section::Provider),
+    ("oidc_groups_claim", Section::Provider),
+    ("pass_groups", Section::Global),
+    ("claim_headers", Section::Global),
     ("email_domains", Section::Policy),
+    ("allowed_emails", Section::Policy),
+    ("allowed_groups", Section::Policy),
+    ("claim_rules", Section::Policy),
     ("insecure_oidc_allow_unverified_email", Section::Policy),
     ("host", Section::Host),
     ("provider", Section::Host),
@@ -621,6 +707,8 @@ impl Config {
         let set_xauthrequest = f.bool_or("set_xauthrequest", false);
         let pass_user_headers = f.bool_or("pass_user_headers", true);
         let skip_auth_preflight = f.bool_or("skip_auth_preflight", false);
+        let pass_groups = f.bool_or("pass_groups", false);
+        let claim_headers = claim_headers_from(&mut f);
         let default_policy = policy_from(&mut f, None);
 
         // Providers: the flat keys are the default one; `providers` names more.
@@ -737,6 +825,8 @@ impl Config {
         all.append(&mut errors);
         match (all.is_empty(), redirect_url, keys) {
             (true, Some(redirect_url), Some(keys)) => Ok(Config {
+                pass_groups,
+                claim_headers,
                 sign_out_path: format!("{prefix}/sign_out"),
                 start_path: format!("{prefix}/start"),
                 auth_path: format!("{prefix}/auth"),
@@ -753,13 +843,24 @@ impl Config {
                 hosts,
                 default_site,
                 default_policy,
-            }),
+            }
+            .with_carry()),
             _ => Err(if all.is_empty() {
                 vec![whole("incomplete".into())]
             } else {
                 all
             }),
         }
+    }
+
+    fn with_carry(mut self) -> Self {
+        for i in 0..self.providers.len() {
+            let carry = self.carry_of(i);
+            if let Some(p) = self.providers.get_mut(i) {
+                p.carry = carry;
+            }
+        }
+        self
     }
 
     /// The default provider (the first): what a config without `providers` has.
@@ -933,10 +1034,156 @@ fn policy_from(f: &mut Fields, parent: Option<&Policy>) -> Policy {
         "insecure_oidc_allow_unverified_email",
         parent.is_some_and(|p| p.allow_unverified_email),
     );
+    let allowed_emails = match f.string_list("allowed_emails") {
+        None => parent.map_or_else(Vec::new, |p| p.allowed_emails.clone()),
+        Some(list) => {
+            let mut out = Vec::with_capacity(list.len());
+            for e in list {
+                let e = e.trim().to_ascii_lowercase();
+                let mut parts = e.split('@');
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some(l), Some(d), None) if !l.is_empty() && !d.is_empty() => out.push(e),
+                    _ => f.err("allowed_emails", format!("{e:?} is not an email address")),
+                }
+            }
+            out
+        }
+    };
+    let allowed_groups = match f.string_list("allowed_groups") {
+        None => parent.map_or_else(Vec::new, |p| p.allowed_groups.clone()),
+        Some(list) if list.is_empty() || list.iter().any(|g| g.is_empty()) => {
+            f.err(
+                "allowed_groups",
+                "must list group names (leave it out to allow any group)",
+            );
+            Vec::new()
+        }
+        Some(list) => list,
+    };
+    let claim_rules = if f.present("claim_rules") {
+        claim_rules_from(f)
+    } else {
+        parent.map_or_else(Vec::new, |p| p.claim_rules.clone())
+    };
     Policy {
         email_domains,
         allow_unverified_email,
+        allowed_emails,
+        allowed_groups,
+        claim_rules,
     }
+}
+
+/// A claim name, or a dotted path into nested claims (`realm_access.roles`).
+fn valid_claim_path(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= 256
+        && !p.starts_with('.')
+        && !p.ends_with('.')
+        && !p.contains("..")
+        && !p.chars().any(|c| c.is_control() || c.is_whitespace())
+}
+
+/// `claim_rules`: `[{"claim": PATH, "equals" | "contains": [VALUES]}]`.
+fn claim_rules_from(f: &mut Fields) -> Vec<ClaimRule> {
+    let Some(Value::Array(list)) = f.map.get("claim_rules") else {
+        f.err(
+            "claim_rules",
+            "must be a list of {\"claim\": ..., \"equals\" or \"contains\": [...]}",
+        );
+        return Vec::new();
+    };
+    let mut rules = Vec::with_capacity(list.len());
+    for (i, v) in list.iter().enumerate() {
+        let Value::Object(m) = v else {
+            f.err(&format!("claim_rules[{i}]"), "must be an object");
+            continue;
+        };
+        let mut r = Fields::new(m, format!("{}claim_rules[{i}].", f.prefix));
+        for k in m.keys() {
+            if !matches!(k.as_str(), "claim" | "equals" | "contains") {
+                r.err(k, "unknown option (claim, equals, contains)");
+            }
+        }
+        let claim = r.required_string("claim");
+        if claim.as_deref().is_some_and(|c| !valid_claim_path(c)) {
+            r.err("claim", "must be a claim name or a dotted path");
+        }
+        let op = match (r.present("equals"), r.present("contains")) {
+            (true, false) => Some((RuleOp::Equals, "equals")),
+            (false, true) => Some((RuleOp::Contains, "contains")),
+            _ => {
+                r.err("equals", "exactly one of equals and contains is required");
+                None
+            }
+        };
+        let values = op.and_then(|(_, key)| match r.string_list(key) {
+            Some(v) if !v.is_empty() && v.iter().all(|s| !s.is_empty()) => Some(v),
+            Some(_) => {
+                r.err(key, "must list at least one non-empty value");
+                None
+            }
+            None => None,
+        });
+        let ok = r.errors.is_empty();
+        f.errors.append(&mut r.errors);
+        if let (true, Some(claim), Some((op, _)), Some(values)) = (ok, claim, op, values) {
+            rules.push(ClaimRule { claim, op, values });
+        }
+    }
+    rules
+}
+
+/// `claim_headers`: `{"X-Tenant": "tenant_id"}`: a header upstream from a claim's values.
+fn claim_headers_from(f: &mut Fields) -> Vec<(String, String)> {
+    let map = match f.map.get("claim_headers") {
+        None | Some(Value::Null) => return Vec::new(),
+        Some(Value::Object(m)) => m,
+        Some(_) => {
+            f.err("claim_headers", "must be an object of header name to claim");
+            return Vec::new();
+        }
+    };
+    const REFUSED: &[&str] = &[
+        "cookie",
+        "host",
+        "authorization",
+        "content-length",
+        "content-type",
+        "transfer-encoding",
+        "connection",
+        "te",
+        "upgrade",
+        "x-oidc-filter-reason",
+    ];
+    let mut out = Vec::new();
+    let mut errs = Vec::new();
+    for (header, claim) in map {
+        let field = format!("claim_headers.{header}");
+        let h = header.to_ascii_lowercase();
+        if h.is_empty() || !h.chars().all(is_token_char) || REFUSED.contains(&h.as_str()) {
+            errs.push((field, "must be a header name we may set (not Cookie, Host, Authorization or a hop-by-hop header)".to_string()));
+            continue;
+        }
+        if crate::http::is_identity_header(&h) {
+            errs.push((
+                field,
+                "is one of the identity headers the filter sets".to_string(),
+            ));
+            continue;
+        }
+        match claim.as_str() {
+            Some(c) if valid_claim_path(c) => out.push((h, c.to_string())),
+            _ => errs.push((
+                field,
+                "must name a claim (a name or a dotted path)".to_string(),
+            )),
+        }
+    }
+    for (field, msg) in errs {
+        f.err(&field, msg);
+    }
+    out
 }
 
 fn host_from(
@@ -1134,6 +1381,12 @@ fn provider_from(
         None
     };
     let jwks_refresh_ms = f.duration_ms("jwks_refresh_interval", DEFAULT_JWKS_REFRESH, 10_000);
+    let groups_claim = f
+        .string("oidc_groups_claim")
+        .unwrap_or_else(|| "groups".to_string());
+    if !valid_claim_path(&groups_claim) {
+        f.err("oidc_groups_claim", "must be a claim name or a dotted path");
+    }
     if skip_discovery && static_endpoints.is_none() {
         return None;
     }
@@ -1156,6 +1409,8 @@ fn provider_from(
         token_auth,
         static_endpoints,
         jwks_refresh_secs: jwks_refresh_ms / 1000,
+        groups_claim,
+        carry: Carry::default(),
     })
 }
 

@@ -5,13 +5,10 @@
 use std::borrow::Cow;
 
 use crate::claims::{ClaimSpec, CLAIMS, EMAIL, SUB};
-use crate::config::{
-    Config, EmailDomains, Policy, ProviderConfig, RedirectUrl, SameSite, Site, TokenAuthMethod,
-};
+use crate::config::{Config, Policy, ProviderConfig, RedirectUrl, SameSite, Site, TokenAuthMethod};
 use crate::domain::DomainPattern;
 use crate::http::{
-    form_encode, is_identity_header, query_params, strip_cookies, valid_authority, CookieAttrs,
-    Request,
+    form_encode, query_params, strip_cookies, valid_authority, CookieAttrs, Request,
 };
 use crate::idp::IdpState;
 use crate::oidc::{self, Expected, IdTokenError, Identity, KeySet, Provider};
@@ -309,18 +306,20 @@ pub fn on_request(
     }
     let session = current_session(&here, req);
     if path == cfg.auth_path {
-        return Decision::Reply(auth_endpoint(cfg, session.as_ref()));
+        return Decision::Reply(auth_endpoint(cfg, req, session));
     }
     match session {
-        Some(s) => Decision::Continue(forward(cfg, req, Some(&s))),
-        None if is_navigation(req) => {
+        SessionState::Valid(s) => Decision::Continue(forward(cfg, req, Some(&s))),
+        // Signed in but refused: a clear 403, never a login that would end the same way.
+        SessionState::Denied(reason) => Decision::Reply(denied(reason)),
+        SessionState::None if is_navigation(req) => {
             // The URL asked for becomes the return URL only through the same validation as rd.
             let target = return_target(cfg, req, Some(&req.path), &[]);
             Decision::Reply(redirect_to_authorization_endpoint(
                 &here, req, random, target,
             ))
         }
-        None => Decision::Reply(unauthorized()),
+        SessionState::None => Decision::Reply(unauthorized()),
     }
 }
 
@@ -460,27 +459,40 @@ pub fn is_navigation(req: &Request) -> bool {
     true
 }
 
+/// What a request's cookies say.
+enum SessionState {
+    Valid(Session),
+    /// A session of ours that the host's policy refuses (as configured now): why.
+    Denied(Reason),
+    None,
+}
+
 /// `verify_session` over every cookie with our name (a browser may hold several), then the
-/// policy as configured now: a session issued under a wider `email_domains` or a longer
+/// policy as configured now: a session issued under a wider policy or a longer
 /// `cookie_expire` ends when the config narrows.
-fn current_session(here: &Here<'_>, req: &Request) -> Option<Session> {
+fn current_session(here: &Here<'_>, req: &Request) -> SessionState {
     let cfg = here.config;
     let name = &here.p.cookie_name;
     let scope = here.p.scope(name);
-    req.cookies()
-        .filter(|(k, _)| k == name)
-        .filter_map(|(_, v)| {
-            Session::verify(&cfg.keys, &scope, v, here.now, cfg.cookie.expire_secs).ok()
-        })
-        .find(|s| session_allowed(here.policy, s))
+    let mut denied = None;
+    for (_, v) in req.cookies().filter(|(k, _)| k == name) {
+        let Ok(s) = Session::verify(&cfg.keys, &scope, v, here.now, cfg.cookie.expire_secs) else {
+            continue;
+        };
+        match crate::policy::check(here.policy, &s) {
+            Ok(()) => return SessionState::Valid(s),
+            Err(r) => denied = denied.or(Some(r)),
+        }
+    }
+    denied.map_or(SessionState::None, SessionState::Denied)
 }
 
-/// The authorization rules a session must meet on every request, not only at login.
-fn session_allowed(policy: &Policy, s: &Session) -> bool {
-    match &policy.email_domains {
-        EmailDomains::Any => true,
-        EmailDomains::List(_) => email_domain_allowed(&policy.email_domains, s.email()),
-    }
+/// 403 for a user the policy refuses: its reason, and the way out (another account).
+fn denied(reason: Reason) -> LocalReply {
+    let mut r = error_reply(reason, None);
+    r.body
+        .push_str("Signed in, but not allowed here. Sign out to use another account.\n");
+    r
 }
 
 fn is_our_cookie(cfg: &Config, name: &[u8]) -> bool {
@@ -511,6 +523,20 @@ fn identity_headers(
     if cfg.set_xauthrequest || !for_upstream {
         push(|c| c.auth_request);
     }
+    if cfg.pass_groups && !s.groups.is_empty() {
+        let joined = s.groups.join(",");
+        if cfg.pass_user_headers && for_upstream {
+            out.push((Cow::Borrowed("x-forwarded-groups"), joined.clone()));
+        }
+        if cfg.set_xauthrequest || !for_upstream {
+            out.push((Cow::Borrowed("x-auth-request-groups"), joined));
+        }
+    }
+    for (header, path) in &cfg.claim_headers {
+        if let Some(values) = s.attr(path).filter(|v| !v.is_empty()) {
+            out.push((Cow::Owned(header.clone()), values.join(",")));
+        }
+    }
     out
 }
 
@@ -519,7 +545,7 @@ fn identity_headers(
 fn forward(cfg: &Config, req: &Request, s: Option<&Session>) -> Forward {
     let mut f = Forward::default();
     for (name, _) in &req.headers {
-        if is_identity_header(name) && !f.remove.iter().any(|r| r == name) {
+        if cfg.is_identity_header(name) && !f.remove.iter().any(|r| r == name) {
             f.remove.push(Cow::Owned(name.to_string()));
         }
     }
@@ -529,24 +555,30 @@ fn forward(cfg: &Config, req: &Request, s: Option<&Session>) -> Forward {
     f
 }
 
-/// oauth2-proxy's `/oauth2/auth`: 202 with the identity in response headers, or 401.
-fn auth_endpoint(cfg: &Config, session: Option<&Session>) -> LocalReply {
-    match session {
-        Some(s) => LocalReply {
-            status: 202,
-            headers: identity_headers(cfg, s, false)
-                .into_iter()
-                .map(|(k, v)| (k.into_owned(), v))
-                .chain([(
-                    "x-oidc-filter-reason".into(),
-                    Reason::Authenticated.code().into(),
-                )])
-                .collect(),
-            body: String::new(),
-            reason: Reason::Authenticated,
-            detail: None,
-        },
-        None => unauthorized(),
+/// oauth2-proxy's `/oauth2/auth`: 202 with the identity in response headers, 401 without a
+/// session, 403 when the host's policy or the query's `allowed_*` refuse it.
+fn auth_endpoint(cfg: &Config, req: &Request, session: SessionState) -> LocalReply {
+    let s = match session {
+        SessionState::Valid(s) => s,
+        SessionState::Denied(reason) => return denied(reason),
+        SessionState::None => return unauthorized(),
+    };
+    if let Err(reason) = crate::policy::check_auth_query(&query_params(req.query()), &s) {
+        return denied(reason);
+    }
+    LocalReply {
+        status: 202,
+        headers: identity_headers(cfg, &s, false)
+            .into_iter()
+            .map(|(k, v)| (k.into_owned(), v))
+            .chain([(
+                "x-oidc-filter-reason".into(),
+                Reason::Authenticated.code().into(),
+            )])
+            .collect(),
+        body: String::new(),
+        reason: Reason::Authenticated,
+        detail: None,
     }
 }
 
@@ -820,7 +852,7 @@ fn on_callback(ctx: &Ctx<'_>, req: &Request) -> Decision {
     // no second code exchange: with a session it goes where the login was going, else a clear
     // refusal. Either way the login cookie goes.
     let clear = flow_attrs(cfg, &req.host()).clear(&cookie_name);
-    let replayed = if current_session(&here, req).is_some() {
+    let replayed = if matches!(current_session(&here, req), SessionState::Valid(_)) {
         redirect(&flow.return_url, vec![clear], Reason::LoginAlreadyComplete)
     } else {
         let mut r = error_reply(
@@ -915,22 +947,6 @@ fn login_policy<'a>(cfg: &'a Config, index: usize, host: &str) -> &'a Policy {
     }
 }
 
-fn email_domain_allowed(domains: &EmailDomains, email: &str) -> bool {
-    let allowed = match domains {
-        EmailDomains::Any => return true,
-        EmailDomains::List(l) => l,
-    };
-    let mut parts = email.split('@');
-    let (Some(local), Some(domain), None) = (parts.next(), parts.next(), parts.next()) else {
-        return false;
-    };
-    if local.is_empty() || domain.is_empty() {
-        return false;
-    }
-    let domain = domain.to_ascii_lowercase();
-    allowed.iter().any(|d| d.matches(&domain))
-}
-
 /// A claim fit for a header, taken as it is or not at all (empty): bounded length, no
 /// control, separator, invisible or bidi-override character anywhere, and no whitespace at
 /// either end (a proxy or upstream would trim it, and then see another value than we checked).
@@ -1016,26 +1032,14 @@ pub fn on_token_response(
         }
     };
     let email = clean_claim(identity.email());
-    if email.is_empty() && matches!(policy.email_domains, EmailDomains::List(_)) {
-        return fail(error_reply(
-            Reason::EmailNotAllowed,
-            Some("no email claim".into()),
-        ));
-    }
-    if !email.is_empty() {
-        if identity.email_verified == Some(false) && !policy.allow_unverified_email {
-            return fail(error_reply(Reason::EmailUnverified, None));
-        }
-        if !email_domain_allowed(&policy.email_domains, &email) {
-            return fail(error_reply(
-                Reason::EmailNotAllowed,
-                Some("email domain not in email_domains".into()),
-            ));
-        }
+    if !email.is_empty() && identity.email_verified == Some(false) && !policy.allow_unverified_email
+    {
+        return fail(error_reply(Reason::EmailUnverified, None));
     }
     let Some(key) = cfg.keys.first() else {
         return fail(error_reply(Reason::InternalError, None));
     };
+    let (groups, attrs) = here.p.carry.take(&identity.other);
     let session = Session {
         expires_at: ctx.now + cfg.cookie.expire_secs,
         issued_at: ctx.now,
@@ -1044,6 +1048,8 @@ pub fn on_token_response(
             EMAIL => email.clone(),
             _ => clean_claim(identity.claims[i].as_deref()),
         }),
+        groups,
+        attrs,
     };
     if session.sub().is_empty() {
         return fail(error_reply(
@@ -1051,11 +1057,20 @@ pub fn on_token_response(
             Some("unusable sub".into()),
         ));
     }
+    // The rules the session will meet on every request, checked once here too: a user who
+    // may not pass gets the reason now, with no session.
+    if let Err(reason) = crate::policy::check(policy, &session) {
+        return fail(denied(reason));
+    }
     let name = &here.p.cookie_name;
     let Some(value) = session.encode(key, &here.p.scope(name)) else {
         return fail(error_reply(
-            Reason::InternalError,
-            Some("session cookie too large".into()),
+            Reason::SessionTooLarge,
+            Some(format!(
+                "the session would not fit in a cookie ({} groups, {} claims carried)",
+                session.groups.len(),
+                session.attrs.len()
+            )),
         ));
     };
     let attrs = CookieAttrs::session(&cfg.cookie, &pending.host);

@@ -268,13 +268,17 @@ pub fn is_identity_header(name: &str) -> bool {
     if first != b'x' && first != b'X' {
         return false;
     }
-    identity_header_names().any(|h| {
-        h.len() == name.len()
-            && h.bytes().zip(name.bytes()).all(|(a, b)| {
-                let b = b.to_ascii_lowercase();
-                a == b || (a == b'-' && b == b'_')
-            })
-    })
+    identity_header_names().any(|h| same_header_spelling(h, name))
+}
+
+/// Whether `name` spells `lower` (a lower-case header name) in any case, with `_` for `-`:
+/// the spellings a proxy or an upstream framework may take for the same header.
+pub fn same_header_spelling(lower: &str, name: &str) -> bool {
+    lower.len() == name.len()
+        && lower.bytes().zip(name.bytes()).all(|(a, b)| {
+            let b = b.to_ascii_lowercase();
+            a == b || (a == b'-' && b == b'_')
+        })
 }
 
 /// Percent-encodes a value for a query string or form body.

@@ -15,6 +15,7 @@ pub mod headermap;
 pub mod http;
 pub mod idp;
 pub mod oidc;
+pub mod policy;
 pub mod reason;
 pub mod redirect;
 pub mod replay;

@@ -243,6 +243,8 @@ pub struct Identity {
     pub email_verified: Option<bool>,
     /// The claims of `claims::CLAIMS`, in its order (`None`: absent or not a string).
     pub claims: [Option<String>; CLAIMS.len()],
+    /// Every other claim (groups, claim rules' and claim headers' claims are read from it).
+    pub other: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Identity {
@@ -451,5 +453,6 @@ pub fn validate_id_token(
             None => None,
         },
         claims: CLAIMS.map(|spec| c.text(spec.name)),
+        other: c.other.clone(),
     })
 }

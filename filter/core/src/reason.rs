@@ -68,6 +68,12 @@ reasons! {
     IdTokenInvalid = "id_token_invalid", 502, Warn;
     EmailNotAllowed = "email_not_allowed", 403, Info;
     EmailUnverified = "email_unverified", 403, Info;
+    /// The user is in none of the host's `allowed_groups`.
+    GroupNotAllowed = "group_not_allowed", 403, Info;
+    /// A claim rule of the host does not hold.
+    ClaimNotAllowed = "claim_not_allowed", 403, Info;
+    /// What the session must carry does not fit in a cookie (too many groups or claims).
+    SessionTooLarge = "session_too_large", 500, Warn;
     /// The request's host matches no `hosts` entry and `unmatched_hosts` is `deny`.
     HostNotConfigured = "host_not_configured", 403, Info;
     /// The host's shared data (where spent logins are kept) failed.

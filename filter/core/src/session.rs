@@ -26,6 +26,10 @@ pub struct Session {
     pub issued_at: u64,
     /// Values of `claims::CLAIMS`, in its order.
     pub claims: ClaimValues,
+    /// The user's groups the config needs (see `policy::carried_groups`).
+    pub groups: Vec<String>,
+    /// Other claims the config needs (claim rules, claim headers), by claim path.
+    pub attrs: Vec<(String, Vec<String>)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,6 +114,15 @@ impl Session {
             }
             put_lp(&mut p, s.as_bytes())?;
         }
+        // Optional tail (a cookie without it has neither): the groups, then each carried
+        // claim as its path and its values. Values hold no NUL (see `flow::clean_claim`).
+        if !self.groups.is_empty() || !self.attrs.is_empty() {
+            put_lp(&mut p, self.groups.join("\0").as_bytes())?;
+            for (path, values) in &self.attrs {
+                put_lp(&mut p, path.as_bytes())?;
+                put_lp(&mut p, values.join("\0").as_bytes())?;
+            }
+        }
         let v = seal(&key.session, SESSION_LABEL, scope, &p);
         (v.len() <= MAX_COOKIE_VALUE).then_some(v)
     }
@@ -132,8 +145,22 @@ impl Session {
         for c in &mut claims {
             *c = r.lp_str().ok_or(SessionError::Malformed)?.to_string();
         }
+        let list = |s: &str| -> Vec<String> {
+            if s.is_empty() {
+                Vec::new()
+            } else {
+                s.split('\0').map(str::to_string).collect()
+            }
+        };
+        let mut groups = Vec::new();
+        let mut attrs = Vec::new();
         if !r.is_empty() {
-            return Err(SessionError::Malformed);
+            groups = list(r.lp_str().ok_or(SessionError::Malformed)?);
+            while !r.is_empty() {
+                let path = r.lp_str().ok_or(SessionError::Malformed)?.to_string();
+                let values = list(r.lp_str().ok_or(SessionError::Malformed)?);
+                attrs.push((path, values));
+            }
         }
         if now >= expires_at || now >= issued_at.saturating_add(max_age) {
             return Err(SessionError::Expired);
@@ -142,6 +169,8 @@ impl Session {
             expires_at,
             issued_at,
             claims,
+            groups,
+            attrs,
         })
     }
 
@@ -151,6 +180,14 @@ impl Session {
 
     pub fn email(&self) -> &str {
         &self.claims[EMAIL]
+    }
+
+    /// The values of a carried claim (`None`: not carried, or absent from the ID token).
+    pub fn attr(&self, path: &str) -> Option<&[String]> {
+        self.attrs
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, v)| v.as_slice())
     }
 }
 
@@ -260,6 +297,8 @@ mod tests {
             expires_at: 2000,
             issued_at: 1000,
             claims: ["u1".into(), "alice@example.com".into(), "alice".into()],
+            groups: vec![],
+            attrs: vec![],
         }
     }
 
@@ -366,6 +405,40 @@ mod tests {
             LoginFlow::verify(&k, &sc("_s"), &v, 10),
             Err(SessionError::Expired)
         );
+    }
+
+    #[test]
+    fn groups_and_claims_round_trip_and_old_cookies_still_verify() {
+        let k = keys(&[A]);
+        let plain = sample();
+        let old = plain.encode(&k[0], &sc("_s")).unwrap();
+        let mut s = sample();
+        s.groups = vec!["admins".into(), "staff".into()];
+        s.attrs = vec![
+            ("realm_access.roles".into(), vec!["viewer".into()]),
+            ("tenant".into(), vec![]),
+        ];
+        let v = s.encode(&k[0], &sc("_s")).unwrap();
+        assert_eq!(Session::verify(&k, &sc("_s"), &v, 1500, DAY).unwrap(), s);
+        assert_eq!(
+            s.attr("realm_access.roles"),
+            Some(&["viewer".to_string()][..])
+        );
+        assert_eq!(s.attr("nothing"), None);
+        // A cookie without the tail (made before groups existed) is a session without them.
+        assert_eq!(
+            Session::verify(&k, &sc("_s"), &old, 1500, DAY).unwrap(),
+            plain
+        );
+        // Groups only, no attrs.
+        let mut g = sample();
+        g.groups = vec!["a".into()];
+        let v = g.encode(&k[0], &sc("_s")).unwrap();
+        assert_eq!(Session::verify(&k, &sc("_s"), &v, 1500, DAY).unwrap(), g);
+        // Too many groups for one cookie: no cookie rather than a cut list.
+        let mut big = sample();
+        big.groups = (0..400).map(|i| format!("group-number-{i}")).collect();
+        assert_eq!(big.encode(&k[0], &sc("_s")), None);
     }
 
     #[test]

@@ -62,6 +62,8 @@ fn cookies() {
         expires_at: NOW + 3600,
         issued_at: NOW - 60,
         claims: ["248289761001".into(), "alice@example.com".into(), "alice".into()],
+        groups: vec![],
+        attrs: vec![],
     };
     put("session_cookie", "valid-key-a", mode(0, s.encode(&c.keys[0], &scope).unwrap()));
     put("session_cookie", "valid-key-b", mode(0, s.encode(&c.keys[1], &scope).unwrap()));

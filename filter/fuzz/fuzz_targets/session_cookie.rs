@@ -44,6 +44,8 @@ fn fixture() -> &'static Fixture {
             expires_at: NOW + 3600,
             issued_at: NOW - 60,
             claims: ["u1".into(), "alice@example.com".into(), "alice".into()],
+            groups: vec![],
+            attrs: vec![],
         };
         let minted = s.encode(&f.cfg.keys[0], &f.scope()).expect("encodes");
         let (_, p, _) = split3(&minted).expect("three parts");

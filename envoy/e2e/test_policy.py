@@ -1,0 +1,94 @@
+"""Who may pass, against the real OP's users: groups (alice: admins, staff; bob: staff; eve:
+none), a Keycloak-style nested roles claim (realm_access.roles), per-host policies, the
+headers they feed, and /oauth2/auth's allowed_* query.
+
+One Envoy, one provider, two hosts: 127.0.0.1 takes group admins only; localhost takes
+anyone with the viewer role.
+"""
+
+import types
+
+import pytest
+import requests
+
+import harness as h
+
+POLICY = {
+    "pass_groups": True,
+    "set_xauthrequest": True,
+    "claim_headers": {"X-Roles": "realm_access.roles"},
+    "hosts": [
+        {"host": "127.0.0.1", "allowed_groups": ["admins"]},
+        {"host": "localhost",
+         "claim_rules": [{"claim": "realm_access.roles", "contains": ["viewer"]}]},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def policy_envoy(wasm, log_dir, ports, op, upstream):
+    e = h.Envoy(log_dir, "envoy-policy", ports["policy"], op.port, upstream.port,
+                overrides=POLICY, concurrency=1)
+    yield e
+    e.stop()
+
+
+def on_localhost(e):
+    return types.SimpleNamespace(base="http://localhost:%d" % e.port, port=e.port)
+
+
+def test_groups_and_roles_reach_the_upstream(policy_envoy):
+    with requests.Session() as s:
+        h.login_ok(s, policy_envoy, "/", user="alice@example.com")
+        r = h.get_json(s, policy_envoy, "/x", headers={
+            "X-Forwarded-Groups": "root", "x_roles": "root", "X-Auth-Request-Groups": "root"})
+        view = h.upstream_view(r)
+        d = view["hdict"]
+        assert d["x-forwarded-groups"] == ["admins,staff"], d
+        assert d["x-auth-request-groups"] == ["admins,staff"], d
+        assert d["x-roles"] == ["grafana-admin,viewer"], d
+        assert "x_roles" not in d, d
+
+
+def test_a_user_outside_the_groups_gets_403_not_a_loop(policy_envoy):
+    with requests.Session() as s:
+        res = h.login(s, policy_envoy, "/", user="bob@example.com")
+        cb = res.callback
+        assert (cb.status_code, cb.headers.get("x-oidc-filter-reason")) == (403, "group_not_allowed")
+        assert "Sign out" in cb.text
+        assert "_oauth2_proxy" not in s.cookies, "no session for a refused user"
+
+
+def test_the_other_hosts_policy_is_its_own(policy_envoy):
+    lh = on_localhost(policy_envoy)
+    with requests.Session() as s:
+        # bob is not in admins but has the viewer role: in on localhost.
+        h.login_ok(s, lh, "/", user="bob@example.com")
+        r = h.get_json(s, lh, "/x")
+        assert h.upstream_view(r)["hdict"]["x-roles"] == ["viewer"]
+        # His session is host-only; presented to 127.0.0.1 it is refused by that host's
+        # policy, with the reason (he is signed in, so not a login redirect).
+        cookie = s.cookies.get("_oauth2_proxy")
+        r = requests.get(policy_envoy.base + "/x", headers=h.HTML, allow_redirects=False,
+                         cookies={"_oauth2_proxy": cookie}, timeout=5)
+        assert (r.status_code, r.headers.get("x-oidc-filter-reason")) == (403, "group_not_allowed")
+    with requests.Session() as s:
+        res = h.login(s, lh, "/", user="eve@other.test")
+        assert (res.callback.status_code,
+                res.callback.headers.get("x-oidc-filter-reason")) == (403, "claim_not_allowed")
+
+
+def test_oauth2_auth_takes_the_allowed_query(policy_envoy):
+    with requests.Session() as s:
+        h.login_ok(s, policy_envoy, "/", user="alice@example.com")
+        for q, want in (("", 202), ("?allowed_groups=admins", 202),
+                        ("?allowed_groups=ops,nobody", 403),
+                        ("?allowed_emails=alice@example.com", 202),
+                        ("?allowed_email_domains=other.test", 403)):
+            r = h.get_json(s, policy_envoy, "/oauth2/auth" + q)
+            assert r.status_code == want, (q, r.status_code, r.headers.get("x-oidc-filter-reason"))
+        r = h.get_json(s, policy_envoy, "/oauth2/auth")
+        assert r.headers["x-auth-request-groups"] == "admins,staff"
+    r = requests.get(policy_envoy.base + "/oauth2/auth?allowed_groups=admins",
+                     headers=h.JSON_ACCEPT, timeout=5)
+    assert r.status_code == 401
