@@ -110,4 +110,15 @@ mod tests {
             assert!((200..600).contains(&a.status()));
         }
     }
+
+    /// The README's table of reason codes names every one, with its status.
+    #[test]
+    fn the_readme_lists_every_reason() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md");
+        let readme = std::fs::read_to_string(path).unwrap();
+        for r in Reason::ALL {
+            let row = format!("| {} | `{}` |", r.status(), r.code());
+            assert!(readme.contains(&row), "README lacks the row {row}");
+        }
+    }
 }
