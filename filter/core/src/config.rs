@@ -9,6 +9,7 @@ use url::Url;
 
 use crate::domain::{DomainPattern, LeadingDot, Reach};
 use crate::policy::{Carry, ClaimRule, RuleOp};
+use crate::routes::{parse_skip_route, SkipRoute};
 use crate::util::{b64_any_decode, parse_duration_ms, MacKey};
 
 /// Defaults, as oauth2-proxy has them where the option exists there.
@@ -195,6 +196,8 @@ pub struct Policy {
     pub allowed_groups: Vec<String>,
     /// Every rule must hold.
     pub claim_rules: Vec<ClaimRule>,
+    /// `skip_auth_routes` and `skip_auth_regex`: these pass without a session.
+    pub skip_routes: Vec<SkipRoute>,
 }
 
 /// What a host gets.
@@ -393,6 +396,8 @@ const KEYS: &[(&str, Section)] = &[
     ("allowed_emails", Section::Policy),
     ("allowed_groups", Section::Policy),
     ("claim_rules", Section::Policy),
+    ("skip_auth_routes", Section::Policy),
+    ("skip_auth_regex", Section::Policy),
     ("insecure_oidc_allow_unverified_email", Section::Policy),
     ("host", Section::Host),
     ("provider", Section::Host),
@@ -1065,12 +1070,27 @@ fn policy_from(f: &mut Fields, parent: Option<&Policy>) -> Policy {
     } else {
         parent.map_or_else(Vec::new, |p| p.claim_rules.clone())
     };
+    let skip_routes = if f.present("skip_auth_routes") || f.present("skip_auth_regex") {
+        let mut routes = Vec::new();
+        for (key, with_method) in [("skip_auth_routes", true), ("skip_auth_regex", false)] {
+            for raw in f.string_list(key).unwrap_or_default() {
+                match parse_skip_route(&raw, with_method) {
+                    Ok(r) => routes.push(r),
+                    Err(e) => f.err(key, e),
+                }
+            }
+        }
+        routes
+    } else {
+        parent.map_or_else(Vec::new, |p| p.skip_routes.clone())
+    };
     Policy {
         email_domains,
         allow_unverified_email,
         allowed_emails,
         allowed_groups,
         claim_rules,
+        skip_routes,
     }
 }
 

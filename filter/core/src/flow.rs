@@ -304,6 +304,11 @@ pub fn on_request(
     if cfg.skip_auth_preflight && is_cors_preflight(req) {
         return Decision::Continue(forward(cfg, req, None));
     }
+    // skip_auth_routes: anchored on the normalised path; no identity goes with them. Our own
+    // endpoints are never skipped.
+    if path != cfg.auth_path && crate::routes::skips(&policy.skip_routes, &req.method, &req.path) {
+        return Decision::Continue(forward(cfg, req, None));
+    }
     let session = current_session(&here, req);
     if path == cfg.auth_path {
         return Decision::Reply(auth_endpoint(cfg, req, session));

@@ -19,5 +19,6 @@ pub mod policy;
 pub mod reason;
 pub mod redirect;
 pub mod replay;
+pub mod routes;
 pub mod session;
 pub mod util;

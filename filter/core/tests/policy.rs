@@ -259,3 +259,58 @@ fn config_errors_name_each_field() {
         "{errs:#?}"
     );
 }
+
+#[test]
+fn skip_auth_routes_pass_without_a_session_and_cannot_be_bypassed() {
+    let mut w = World::new(config_with(json!({
+        "skip_auth_routes": ["GET=^/health$", "^/public/"],
+        "skip_auth_regex": ["^/metrics$"],
+    })));
+    let anon = |path: &str, method: &str| {
+        let mut r = get(path);
+        r.headers = vec![("accept".into(), "application/json".into())];
+        r.method = method.to_string().into();
+        r
+    };
+    for (m, p) in [
+        ("GET", "/health"),
+        ("POST", "/public/a.css"),
+        ("GET", "//public/x"),
+        ("PUT", "/metrics"),
+    ] {
+        let req = with_header(anon(p, m), "x-forwarded-email", "forged@evil.example");
+        let h = upstream(&mut w, &req);
+        assert!(
+            values(&h, "x-forwarded-email").is_empty(),
+            "{m} {p}: no identity, none forged"
+        );
+    }
+    for (m, p) in [
+        ("POST", "/health"),
+        ("GET", "/healthz"),
+        ("GET", "/public/../admin"),
+        ("GET", "/public/%2e%2e/admin"),
+        ("GET", "/public%2F..%2Fadmin"),
+        ("GET", "/public/..;/admin"),
+        ("GET", "/admin?x=/public/"),
+    ] {
+        let r = reply(w.request(&anon(p, m)));
+        assert_eq!(
+            (r.status, r.reason.code()),
+            (401, "unauthenticated"),
+            "{m} {p}"
+        );
+    }
+    // Our endpoints are never skipped.
+    let mut w = World::new(config_with(json!({"skip_auth_routes": ["^/"]})));
+    let r = reply(w.request(&anon("/oauth2/auth", "GET")));
+    assert_eq!(r.reason.code(), "unauthenticated");
+    // An unanchored pattern is refused, naming the field.
+    let v = json!({"oidc_issuer_url": ISSUER, "client_id": CLIENT_ID, "client_secret": "x",
+        "cookie_secret": SECRET_A, "idp_cluster": "idp", "skip_auth_routes": ["GET=/health"],
+        "skip_auth_regex": ["^/(x"]});
+    let errs =
+        oidc_filter_core::config::Config::parse(v.to_string().as_bytes(), &|_| None).unwrap_err();
+    let f: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(f, ["skip_auth_routes", "skip_auth_regex"], "{errs:?}");
+}
