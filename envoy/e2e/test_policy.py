@@ -17,6 +17,7 @@ POLICY = {
     "pass_groups": True,
     "set_xauthrequest": True,
     "claim_headers": {"X-Roles": "realm_access.roles"},
+    "skip_auth_routes": ["GET=^/health$", "^/public/"],
     "hosts": [
         {"host": "127.0.0.1", "allowed_groups": ["admins"]},
         {"host": "localhost",
@@ -92,3 +93,18 @@ def test_oauth2_auth_takes_the_allowed_query(policy_envoy):
     r = requests.get(policy_envoy.base + "/oauth2/auth?allowed_groups=admins",
                      headers=h.JSON_ACCEPT, timeout=5)
     assert r.status_code == 401
+
+
+def test_skip_auth_routes_pass_without_a_session(policy_envoy):
+    for host in (policy_envoy, on_localhost(policy_envoy)):
+        r = requests.get(host.base + "/health", headers={
+            "Accept": "application/json", "X-Forwarded-Email": "forged@evil.test"}, timeout=5)
+        view = h.upstream_view(r)
+        assert view["identity"] == {}, view["identity"]
+        r = requests.get(host.base + "/public/app.css", headers=h.JSON_ACCEPT, timeout=5)
+        assert h.upstream_view(r)["path"] == "/public/app.css"
+        for method, path in (("POST", "/health"), ("GET", "/healthz"),
+                             ("GET", "/public%2F..%2Fadmin"), ("GET", "/public/..;/admin")):
+            r = requests.request(method, host.base + path, headers=h.JSON_ACCEPT,
+                                 allow_redirects=False, timeout=5)
+            assert (r.status_code, r.headers.get("x-oidc-filter-reason")) == (401, "unauthenticated"), (method, path)
