@@ -303,23 +303,15 @@ impl Config {
                 claims.push(path.clone());
             }
         }
-        let groups_claim = self.providers.get(index).map(|p| p.groups_claim.clone());
-        match (self.pass_groups, named.is_empty()) {
-            (true, _) => Carry {
-                groups_claim,
-                groups_only: None,
-                claims,
-            },
-            (false, false) => Carry {
-                groups_claim,
-                groups_only: Some(named),
-                claims,
-            },
-            (false, true) => Carry {
-                groups_claim: None,
-                groups_only: None,
-                claims,
-            },
+        let needs_groups = self.pass_groups || !named.is_empty();
+        Carry {
+            groups_claim: self
+                .providers
+                .get(index)
+                .filter(|_| needs_groups)
+                .map(|p| p.groups_claim.clone()),
+            groups_only: (!self.pass_groups).then_some(named),
+            claims,
         }
     }
 

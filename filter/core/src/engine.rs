@@ -64,6 +64,8 @@ struct KeyWaiter {
     provider: usize,
     kid: String,
     since: u64,
+    /// The provider's keys were fetched since it began to wait: answer it now.
+    keys_came: bool,
     pending: PendingLogin,
     status: Option<u32>,
     body: Vec<u8>,
@@ -196,7 +198,7 @@ impl Engine {
         if kind == FetchKind::Jwks {
             for w in self.waiters.iter_mut().filter(|w| w.provider == provider) {
                 // Due now: answered by the next `poll_answers`.
-                w.since = 0;
+                w.keys_came = true;
             }
         }
         true
@@ -231,9 +233,13 @@ impl Engine {
     /// validated once more with the keys held now; a kid still missing is remembered as
     /// refused. The glue sends each reply on its stream's context.
     pub fn poll_answers(&mut self, now: u64) -> Vec<(u32, LocalReply)> {
+        // Called on every tick: nothing to sort out (or allocate) when nobody waits.
+        if self.waiters.is_empty() {
+            return Vec::new();
+        }
         let (due, rest): (Vec<KeyWaiter>, Vec<KeyWaiter>) = std::mem::take(&mut self.waiters)
             .into_iter()
-            .partition(|w| now >= w.since + KEY_WAIT_SECS);
+            .partition(|w| w.keys_came || now >= w.since + KEY_WAIT_SECS);
         self.waiters = rest;
         let mut out = Vec::with_capacity(due.len());
         for w in due {
@@ -420,6 +426,7 @@ impl Stream {
                             provider: pending.provider,
                             kid,
                             since: now,
+                            keys_came: false,
                             pending,
                             status,
                             body,
