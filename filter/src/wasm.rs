@@ -399,8 +399,8 @@ impl HttpContext for Filter {
             fill_random(&mut b).then_some(b)
         };
         let step = {
-            let shared = self.shared.borrow();
-            let Some(engine) = shared.engine.as_ref() else {
+            let mut shared = self.shared.borrow_mut();
+            let Some(engine) = shared.engine.as_mut() else {
                 drop(shared);
                 return self.fail(Reason::InternalError, "no configuration");
             };

@@ -185,6 +185,21 @@ impl ProviderConfig {
     }
 }
 
+/// Who may sign bearer tokens a host accepts (`skip_jwt_bearer_tokens`): an
+/// `extra_jwt_issuers` entry. A host's own provider is one too, with its `client_id` as the
+/// audience (oauth2-proxy's behaviour), built from the provider itself.
+#[derive(Debug, Clone)]
+pub struct JwtIssuer {
+    /// Its metadata and keys are fetched as a provider's are; it has no client.
+    pub source: ProviderConfig,
+    /// `aud` must hold one of these.
+    pub audiences: Vec<String>,
+    /// The `alg`s accepted (a subset of `oidc::ACCEPTED_ALGS`).
+    pub algorithms: Vec<String>,
+    /// RFC 9068 §4: the `typ` header every token must have (`at+jwt`), if set.
+    pub typ: Option<String>,
+}
+
 /// Who may pass, checked at login and again on every request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
@@ -198,6 +213,10 @@ pub struct Policy {
     pub claim_rules: Vec<ClaimRule>,
     /// `skip_auth_routes` and `skip_auth_regex`: these pass without a session.
     pub skip_routes: Vec<SkipRoute>,
+    /// `skip_jwt_bearer_tokens`: a request with `Authorization: Bearer <JWT>` is let in on the
+    /// token (validated against the host's provider and `extra_jwt_issuers`) instead of a
+    /// session.
+    pub bearer: bool,
 }
 
 /// What a host gets.
@@ -247,6 +266,9 @@ pub struct Config {
     pub pass_groups: bool,
     /// `claim_headers`: (header, lower case; claim path) set upstream from the session.
     pub claim_headers: Vec<(String, String)>,
+    /// `extra_jwt_issuers`. Their fetch state follows the providers' (index
+    /// `providers.len() + i`).
+    pub jwt_issuers: Vec<JwtIssuer>,
 }
 
 impl Config {
@@ -313,6 +335,18 @@ impl Config {
             groups_only: (!self.pass_groups).then_some(named),
             claims,
         }
+    }
+
+    /// What the engine fetches metadata and keys for: the providers, then the extra JWT
+    /// issuers (fetch index `providers.len() + i`).
+    pub fn sources(&self) -> impl Iterator<Item = &ProviderConfig> {
+        self.providers
+            .iter()
+            .chain(self.jwt_issuers.iter().map(|j| &j.source))
+    }
+
+    pub fn source(&self, fetch: usize) -> Option<&ProviderConfig> {
+        self.sources().nth(fetch)
     }
 
     /// Whether `name` is a session cookie of one of our providers.
@@ -384,6 +418,8 @@ const KEYS: &[(&str, Section)] = &[
     ("oidc_groups_claim", Section::Provider),
     ("pass_groups", Section::Global),
     ("claim_headers", Section::Global),
+    ("extra_jwt_issuers", Section::Global),
+    ("skip_jwt_bearer_tokens", Section::Policy),
     ("email_domains", Section::Policy),
     ("allowed_emails", Section::Policy),
     ("allowed_groups", Section::Policy),
@@ -780,6 +816,8 @@ impl Config {
             declared.extend(named.keys().map(String::as_str));
         }
 
+        let jwt_issuers = jwt_issuers_from(&mut f, &providers, &mut errors);
+
         // Hosts: ordered patterns → provider and policy, or no auth at all.
         let mut hosts = Vec::new();
         match map.get("hosts") {
@@ -814,6 +852,16 @@ impl Config {
                 Site::Deny
             }
         };
+        let bearer_anywhere = default_policy.bearer
+            || hosts
+                .iter()
+                .any(|h| matches!(&h.site, Site::Protect { policy, .. } if policy.bearer));
+        if !jwt_issuers.is_empty() && !bearer_anywhere {
+            f.err(
+                "extra_jwt_issuers",
+                "has no effect without skip_jwt_bearer_tokens: true (at the top level or on a host)",
+            );
+        }
         if matches!(default_site, Site::Protect { .. }) && providers.is_empty() && provider_ok {
             f.err("providers", "must name at least one provider");
         }
@@ -822,6 +870,7 @@ impl Config {
         all.append(&mut errors);
         match (all.is_empty(), redirect_url, keys) {
             (true, Some(redirect_url), Some(keys)) => Ok(Config {
+                jwt_issuers,
                 pass_groups,
                 claim_headers,
                 sign_out_path: format!("{prefix}/sign_out"),
@@ -1076,6 +1125,7 @@ fn policy_from(f: &mut Fields, parent: Option<&Policy>) -> Policy {
     } else {
         parent.map_or_else(Vec::new, |p| p.skip_routes.clone())
     };
+    let bearer = f.bool_or("skip_jwt_bearer_tokens", parent.is_some_and(|p| p.bearer));
     Policy {
         email_domains,
         allow_unverified_email,
@@ -1083,6 +1133,7 @@ fn policy_from(f: &mut Fields, parent: Option<&Policy>) -> Policy {
         allowed_groups,
         claim_rules,
         skip_routes,
+        bearer,
     }
 }
 
@@ -1328,36 +1379,7 @@ fn provider_from(
     };
 
     // The identity provider, as the proxy reaches it.
-    let cluster = f.required_string("idp_cluster");
-    let issuer_host = issuer_url.as_ref().map(url_authority).unwrap_or_default();
-    let authority = f
-        .string("idp_authority")
-        .unwrap_or_else(|| issuer_host.clone());
-    if authority.is_empty() && issuer_url.is_some() {
-        f.err("idp_authority", "must not be empty");
-    }
-    let timeout_ms = f.duration_ms("idp_timeout", DEFAULT_IDP_TIMEOUT, 100);
-    let mut clusters = Vec::new();
-    match f.map.get("idp_clusters") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(m)) => {
-            for (host, c) in m {
-                match c {
-                    Value::String(c) if !c.is_empty() && !host.is_empty() => {
-                        clusters.push((host.to_ascii_lowercase(), c.clone()))
-                    }
-                    _ => f.err(
-                        "idp_clusters",
-                        format!("{host:?} must map to a cluster name"),
-                    ),
-                }
-            }
-        }
-        Some(_) => f.err(
-            "idp_clusters",
-            "must be an object mapping host[:port] to a cluster name",
-        ),
-    }
+    let idp = idp_from(f, issuer_url.as_ref());
     let token_auth = match f.string("token_endpoint_auth_method").as_deref() {
         None | Some("client_secret_basic") => TokenAuthMethod::ClientSecretBasic,
         Some("client_secret_post") => TokenAuthMethod::ClientSecretPost,
@@ -1411,18 +1433,290 @@ fn provider_from(
         client_secret: client_secret?,
         scope,
         cookie_name,
-        idp: IdpConfig {
-            cluster: cluster?,
-            issuer_host,
-            authority,
-            timeout_ms,
-            clusters,
-        },
+        idp: idp?,
         token_auth,
         static_endpoints,
         jwks_refresh_secs: jwks_refresh_ms / 1000,
         groups_claim,
         carry: Carry::default(),
+    })
+}
+
+/// How the proxy reaches a provider or issuer: `idp_cluster` (required), `idp_authority`,
+/// `idp_timeout`, `idp_clusters`.
+fn idp_from(f: &mut Fields, issuer_url: Option<&Url>) -> Option<IdpConfig> {
+    let cluster = f.required_string("idp_cluster");
+    let issuer_host = issuer_url.map(url_authority).unwrap_or_default();
+    let authority = f
+        .string("idp_authority")
+        .unwrap_or_else(|| issuer_host.clone());
+    if authority.is_empty() && issuer_url.is_some() {
+        f.err("idp_authority", "must not be empty");
+    }
+    let timeout_ms = f.duration_ms("idp_timeout", DEFAULT_IDP_TIMEOUT, 100);
+    let mut clusters = Vec::new();
+    match f.map.get("idp_clusters") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(m)) => {
+            for (host, c) in m {
+                match c {
+                    Value::String(c) if !c.is_empty() && !host.is_empty() => {
+                        clusters.push((host.to_ascii_lowercase(), c.clone()))
+                    }
+                    _ => f.err(
+                        "idp_clusters",
+                        format!("{host:?} must map to a cluster name"),
+                    ),
+                }
+            }
+        }
+        Some(_) => f.err(
+            "idp_clusters",
+            "must be an object mapping host[:port] to a cluster name",
+        ),
+    }
+    Some(IdpConfig {
+        cluster: cluster?,
+        issuer_host,
+        authority,
+        timeout_ms,
+        clusters,
+    })
+}
+
+/// `extra_jwt_issuers`: oauth2-proxy's `issuer=audience` strings (reached through the cluster
+/// of a provider that routes the issuer's host), or objects with their own cluster, keys URL,
+/// algorithms, `typ` and groups claim.
+fn jwt_issuers_from(
+    f: &mut Fields,
+    providers: &[ProviderConfig],
+    errors: &mut Vec<ConfigError>,
+) -> Vec<JwtIssuer> {
+    let list = match f.map.get("extra_jwt_issuers") {
+        None | Some(Value::Null) => return Vec::new(),
+        Some(Value::Array(l)) => l,
+        Some(_) => {
+            f.err(
+                "extra_jwt_issuers",
+                "must be a list of \"issuer=audience\" strings or issuer objects",
+            );
+            return Vec::new();
+        }
+    };
+    let mut out: Vec<JwtIssuer> = Vec::new();
+    for (i, v) in list.iter().enumerate() {
+        let field = format!("extra_jwt_issuers[{i}]");
+        let issuer = match v {
+            Value::String(s) => jwt_issuer_short(f, &field, s, providers),
+            Value::Object(m) => {
+                let mut g = Fields::new(m, format!("{}{field}.", f.prefix));
+                let r = jwt_issuer_object(&mut g, &field);
+                errors.append(&mut g.errors);
+                r
+            }
+            _ => {
+                f.err(&field, "must be \"issuer=audience\" or an object");
+                None
+            }
+        };
+        let Some(issuer) = issuer else { continue };
+        if providers.iter().any(|p| p.issuer == issuer.source.issuer)
+            || out.iter().any(|o| o.source.issuer == issuer.source.issuer)
+        {
+            f.err(
+                &field,
+                format!(
+                    "{:?} is listed already (as a provider or an earlier entry): list its audiences in one entry",
+                    issuer.source.issuer
+                ),
+            );
+            continue;
+        }
+        out.push(issuer);
+    }
+    out
+}
+
+/// An issuer URL, checked as `oidc_issuer_url` is: canonical, no query or fragment.
+fn issuer_url_checked(f: &mut Fields, key: &str, raw: &str) -> Option<Url> {
+    let u = f.url(key, raw)?;
+    if u.query().is_some() {
+        f.err(key, "must not contain a query");
+        return None;
+    }
+    let canonical = u.as_str();
+    if canonical != raw && canonical.strip_suffix('/') != Some(raw) {
+        f.err(
+            key,
+            format!(
+                "must be written as {:?} (tokens' iss is compared exactly)",
+                canonical.trim_end_matches('/')
+            ),
+        );
+        return None;
+    }
+    Some(u)
+}
+
+fn issuer_source(
+    name: String,
+    issuer: String,
+    url: &Url,
+    idp: IdpConfig,
+) -> Option<ProviderConfig> {
+    let base = issuer.trim_end_matches('/');
+    Some(ProviderConfig {
+        name,
+        cookie_binding: String::new(),
+        discovery_url: Url::parse(&format!("{base}/.well-known/openid-configuration")).ok()?,
+        issuer,
+        client_id: String::new(),
+        client_secret: Secret::new(String::new()),
+        scope: String::new(),
+        cookie_name: String::new(),
+        idp,
+        token_auth: TokenAuthMethod::ClientSecretBasic,
+        static_endpoints: None,
+        jwks_refresh_secs: parse_duration_ms(DEFAULT_JWKS_REFRESH).unwrap_or(900_000) / 1000,
+        groups_claim: "groups".into(),
+        carry: Carry::default(),
+    })
+    .filter(|_| url.host_str().is_some())
+}
+
+fn jwt_issuer_short(
+    f: &mut Fields,
+    field: &str,
+    raw: &str,
+    providers: &[ProviderConfig],
+) -> Option<JwtIssuer> {
+    let Some((issuer, audience)) = raw
+        .split_once('=')
+        .filter(|(i, a)| !i.is_empty() && !a.is_empty())
+    else {
+        f.err(field, "must be \"issuer=audience\"");
+        return None;
+    };
+    let url = issuer_url_checked(f, field, issuer)?;
+    let Some(via) = providers.iter().find(|p| p.route_for(&url).is_some()) else {
+        f.err(
+            field,
+            format!(
+                "no provider's idp_cluster or idp_clusters reaches {:?}: give this issuer as an object with its idp_cluster",
+                url_authority(&url)
+            ),
+        );
+        return None;
+    };
+    Some(JwtIssuer {
+        source: issuer_source(
+            issuer.to_string(),
+            issuer.to_string(),
+            &url,
+            via.idp.clone(),
+        )?,
+        audiences: vec![audience.to_string()],
+        algorithms: crate::oidc::ACCEPTED_ALGS
+            .iter()
+            .map(|a| a.to_string())
+            .collect(),
+        typ: None,
+    })
+}
+
+fn jwt_issuer_object(f: &mut Fields, _field: &str) -> Option<JwtIssuer> {
+    const ALLOWED: &[&str] = &[
+        "issuer",
+        "audiences",
+        "algorithms",
+        "typ",
+        "oidc_groups_claim",
+        "oidc_jwks_url",
+        "jwks_refresh_interval",
+        "idp_cluster",
+        "idp_authority",
+        "idp_timeout",
+        "idp_clusters",
+    ];
+    let map = f.map;
+    for k in map.keys() {
+        if !ALLOWED.contains(&k.as_str()) {
+            f.err(k, format!("unknown option ({})", ALLOWED.join(", ")));
+        }
+    }
+    let issuer = f.required_string("issuer");
+    let url = issuer
+        .as_deref()
+        .and_then(|i| issuer_url_checked(f, "issuer", i));
+    let audiences = match f.string_list("audiences") {
+        Some(a) if !a.is_empty() && a.iter().all(|x| !x.is_empty()) => Some(a),
+        Some(_) => {
+            f.err("audiences", "must list at least one audience");
+            None
+        }
+        None => {
+            if !f.present("audiences") {
+                f.err("audiences", "is required (the aud a token must hold)");
+            }
+            None
+        }
+    };
+    let algorithms = match f.string_list("algorithms") {
+        None => crate::oidc::ACCEPTED_ALGS
+            .iter()
+            .map(|a| a.to_string())
+            .collect(),
+        Some(list) => {
+            let bad: Vec<&String> = list
+                .iter()
+                .filter(|a| !crate::oidc::ACCEPTED_ALGS.contains(&a.as_str()))
+                .collect();
+            if list.is_empty() || !bad.is_empty() {
+                f.err(
+                    "algorithms",
+                    format!(
+                        "must list algorithms among {}",
+                        crate::oidc::ACCEPTED_ALGS.join(", ")
+                    ),
+                );
+            }
+            list
+        }
+    };
+    let typ = f.string("typ");
+    if typ
+        .as_deref()
+        .is_some_and(|t| !t.eq_ignore_ascii_case("at+jwt") && !t.eq_ignore_ascii_case("jwt"))
+    {
+        f.err("typ", "must be at+jwt (RFC 9068) or JWT");
+    }
+    let groups_claim = f
+        .string("oidc_groups_claim")
+        .unwrap_or_else(|| "groups".to_string());
+    if !valid_claim_path(&groups_claim) {
+        f.err("oidc_groups_claim", "must be a claim name or a dotted path");
+    }
+    let jwks = f
+        .string("oidc_jwks_url")
+        .and_then(|raw| f.url("oidc_jwks_url", &raw));
+    let refresh_ms = f.duration_ms("jwks_refresh_interval", DEFAULT_JWKS_REFRESH, 10_000);
+    let idp = idp_from(f, url.as_ref());
+    let (issuer, url) = (issuer?, url?);
+    let mut source = issuer_source(issuer.clone(), issuer, &url, idp?)?;
+    source.groups_claim = groups_claim;
+    source.jwks_refresh_secs = refresh_ms / 1000;
+    // Keys at a known URL, no discovery: the other two endpoints are never used for an
+    // issuer that only signs tokens; they point at the issuer itself.
+    source.static_endpoints = jwks.map(|j| StaticEndpoints {
+        authorization_endpoint: url.clone(),
+        token_endpoint: url.clone(),
+        jwks_uri: j,
+    });
+    Some(JwtIssuer {
+        source,
+        audiences: audiences?,
+        algorithms,
+        typ,
     })
 }
 

@@ -17,6 +17,9 @@
 //!                                              └──▶ AwaitingKeys ──(Engine answers)──▶ Done
 //! ```
 
+use std::cell::RefCell;
+
+use crate::bearer::BearerCache;
 use crate::config::Config;
 use crate::flow::{
     self, Callout, Ctx, Decision, Forward, LocalReply, LoginClaim, PendingLogin, TokenOutcome,
@@ -77,16 +80,50 @@ pub struct Engine {
     /// Fetches sent, by the host's callout token.
     fetches: Vec<(u32, usize, FetchKind)>,
     waiters: Vec<KeyWaiter>,
+    /// Verified bearer tokens (`skip_jwt_bearer_tokens`).
+    bearer: RefCell<BearerCache>,
+    /// Key ids bearer tokens named, by fetch index, until the next JWKS response of that
+    /// issuer says whether they exist (else they are refused for a while).
+    bearer_kids: Vec<(usize, String)>,
 }
 
 impl Engine {
+    /// One fetch state per provider, then per extra JWT issuer (`Config::sources`).
     pub fn new(config: Config) -> Self {
-        let idps = config.providers.iter().map(IdpState::new).collect();
+        let idps = config.sources().map(IdpState::new).collect();
         Engine {
             config,
             idps,
             fetches: Vec::new(),
             waiters: Vec::new(),
+            bearer: RefCell::new(BearerCache::default()),
+            bearer_kids: Vec::new(),
+        }
+    }
+
+    /// Bearer tokens served from the cache, and validated anew.
+    pub fn bearer_stats(&self) -> (u64, u64, usize) {
+        let c = self.bearer.borrow();
+        (c.hits, c.misses, c.len())
+    }
+
+    /// Key ids bearer tokens named that their issuer's keys lack: each asks for a refetch
+    /// (rate limited as a login's does).
+    fn note_unknown_kids(&mut self, now: u64) {
+        let kids = std::mem::take(&mut self.bearer.get_mut().unknown_kids);
+        for (fetch, kid) in kids {
+            let Some(state) = self.idps.get_mut(fetch) else {
+                continue;
+            };
+            if state.on_unknown_kid(&kid, now) == UnknownKid::Wait
+                && self.bearer_kids.len() < MAX_KEY_WAITERS
+                && !self
+                    .bearer_kids
+                    .iter()
+                    .any(|(f, k)| *f == fetch && *k == kid)
+            {
+                self.bearer_kids.push((fetch, kid));
+            }
         }
     }
 
@@ -96,6 +133,7 @@ impl Engine {
             config: &self.config,
             idps: &self.idps,
             now,
+            bearer: Some(&self.bearer),
         }
     }
 
@@ -107,7 +145,7 @@ impl Engine {
     /// `fetch_sent`. A due fetch that cannot be routed is logged and retried after a backoff.
     pub fn poll_fetches(&mut self, now: u64, log: &mut Vec<LogLine>) -> Vec<Fetch> {
         let mut out = Vec::new();
-        for (i, (state, p)) in self.idps.iter_mut().zip(&self.config.providers).enumerate() {
+        for (i, (state, p)) in self.idps.iter_mut().zip(self.config.sources()).enumerate() {
             match state.poll(p, now) {
                 Ok(Some((kind, callout, url))) => out.push(Fetch {
                     provider: i,
@@ -144,10 +182,7 @@ impl Engine {
     }
 
     fn provider_name(&self, i: usize) -> &str {
-        self.config
-            .providers
-            .get(i)
-            .map_or("?", |p| p.name.as_str())
+        self.config.source(i).map_or("?", |p| p.name.as_str())
     }
 
     fn record(
@@ -158,10 +193,8 @@ impl Engine {
         body: &[u8],
         now: u64,
     ) -> LogLine {
-        let (Some(state), Some(p)) = (
-            self.idps.get_mut(provider),
-            self.config.providers.get(provider),
-        ) else {
+        let (Some(state), Some(p)) = (self.idps.get_mut(provider), self.config.source(provider))
+        else {
             return (Level::Warn, "unknown provider".into());
         };
         match state.on_response(p, kind, status, body, now) {
@@ -196,6 +229,19 @@ impl Engine {
             format!("provider {}: {msg}", self.provider_name(provider)),
         ));
         if kind == FetchKind::Jwks {
+            // The kids bearer tokens asked for that the answer still lacks are refused for a
+            // while (as a waiting login's are in `poll_answers`).
+            let asked = std::mem::take(&mut self.bearer_kids);
+            for (fetch, kid) in asked {
+                match self.idps.get_mut(fetch) {
+                    Some(state) if fetch == provider => {
+                        if !state.keys.as_ref().is_some_and(|k| k.has_kid(&kid)) {
+                            state.still_unknown(&kid, now);
+                        }
+                    }
+                    _ => self.bearer_kids.push((fetch, kid)),
+                }
+            }
             for w in self.waiters.iter_mut().filter(|w| w.provider == provider) {
                 // Due now: answered by the next `poll_answers`.
                 w.keys_came = true;
@@ -331,7 +377,7 @@ impl Stream {
     /// login starts).
     pub fn handle_request(
         &mut self,
-        engine: &Engine,
+        engine: &mut Engine,
         req: &Request,
         now: u64,
         random: &mut dyn FnMut() -> Option<[u8; 32]>,
@@ -339,7 +385,11 @@ impl Stream {
         if !matches!(self.state, State::Fresh) {
             return self.reply(flow::error_reply(Reason::InternalError, None));
         }
-        match flow::on_request(&engine.ctx(now), req, random) {
+        let decision = flow::on_request(&engine.ctx(now), req, random);
+        if !engine.bearer.get_mut().unknown_kids.is_empty() {
+            engine.note_unknown_kids(now);
+        }
+        match decision {
             Decision::Continue(f) => {
                 self.state = State::Forwarded;
                 Step::Forward(f)

@@ -3,6 +3,9 @@
 //! data; the wasm glue carries it out.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
+
+use crate::bearer::BearerCache;
 
 use crate::claims::{ClaimSpec, CLAIMS, EMAIL, SUB};
 use crate::config::{Config, Policy, ProviderConfig, RedirectUrl, SameSite, Site, TokenAuthMethod};
@@ -165,6 +168,11 @@ pub struct Idp<'a> {
 /// What is known of each provider, by index into `Config::providers`.
 pub trait Idps {
     fn idp(&self, provider: usize) -> Option<Idp<'_>>;
+
+    /// Whether `kid` was refetched for moments ago and is still not among `provider`'s keys.
+    fn kid_refused(&self, _provider: usize, _kid: &str, _now: u64) -> bool {
+        false
+    }
 }
 
 impl Idps for Vec<IdpState> {
@@ -175,12 +183,18 @@ impl Idps for Vec<IdpState> {
             keys: s.keys.as_ref()?,
         })
     }
+
+    fn kid_refused(&self, provider: usize, kid: &str, now: u64) -> bool {
+        self.get(provider).is_some_and(|s| s.kid_refused(kid, now))
+    }
 }
 
 pub struct Ctx<'a> {
     pub config: &'a Config,
     pub idps: &'a dyn Idps,
     pub now: u64,
+    /// Verified bearer tokens (`None`: bearer tokens are validated each time).
+    pub bearer: Option<&'a RefCell<BearerCache>>,
 }
 
 /// A request on a protected host: its provider, and the policy the host sets.
@@ -309,12 +323,28 @@ pub fn on_request(
     if path != cfg.auth_path && crate::routes::skips(&policy.skip_routes, &req.method, &req.path) {
         return Decision::Continue(forward(cfg, req, None));
     }
-    let session = current_session(&here, req);
+    // skip_jwt_bearer_tokens: a JWT in `Authorization: Bearer` stands for a session (and a
+    // bad one is refused as such, RFC 6750); without one, the session decides.
+    let bearer = policy
+        .bearer
+        .then(|| crate::bearer::bearer_token(req))
+        .flatten();
+    let session = match bearer {
+        Some(token) => match bearer_session(ctx, index, policy, token) {
+            Ok(state) => state,
+            Err(reply) => return Decision::Reply(reply),
+        },
+        None => current_session(&here, req),
+    };
     if path == cfg.auth_path {
-        return Decision::Reply(auth_endpoint(cfg, req, session));
+        return Decision::Reply(auth_endpoint(cfg, req, session, policy.bearer));
     }
     match session {
         SessionState::Valid(s) => Decision::Continue(forward(cfg, req, Some(&s))),
+        // RFC 6750 §3.1: a valid token that may not pass.
+        SessionState::Denied(reason) if bearer.is_some() => {
+            Decision::Reply(insufficient(denied(reason)))
+        }
         // Signed in but refused: a clear 403, never a login that would end the same way.
         SessionState::Denied(reason) => Decision::Reply(denied(reason)),
         SessionState::None if is_navigation(req) => {
@@ -324,16 +354,53 @@ pub fn on_request(
                 &here, req, random, target,
             ))
         }
-        SessionState::None => Decision::Reply(unauthorized()),
+        SessionState::None => Decision::Reply(unauthorized(policy.bearer)),
     }
 }
 
-fn unauthorized() -> LocalReply {
+/// A bearer token's identity, checked against the host's policy as a session is.
+fn bearer_session(
+    ctx: &Ctx<'_>,
+    index: usize,
+    policy: &Policy,
+    token: &str,
+) -> Result<SessionState, LocalReply> {
+    let mut fresh = BearerCache::default();
+    let mut held = ctx.bearer.and_then(|c| c.try_borrow_mut().ok());
+    let cache = held.as_deref_mut().unwrap_or(&mut fresh);
+    let (s, unverified) =
+        crate::bearer::authenticate(ctx.config, ctx.idps, cache, index, token, ctx.now)?;
+    if unverified && !policy.allow_unverified_email {
+        return Ok(SessionState::Denied(Reason::EmailUnverified));
+    }
+    Ok(match crate::policy::check(policy, &s) {
+        Ok(()) => SessionState::Valid(s),
+        Err(r) => SessionState::Denied(r),
+    })
+}
+
+/// RFC 6750 §3.1 `insufficient_scope` on a 403 for a bearer token.
+fn insufficient(mut r: LocalReply) -> LocalReply {
+    r.headers.push((
+        "www-authenticate".into(),
+        "Bearer realm=\"oidc-filter\", error=\"insufficient_scope\"".into(),
+    ));
+    r
+}
+
+/// 401; a host that takes bearer tokens says so too (RFC 6750 §3).
+fn unauthorized(bearer: bool) -> LocalReply {
     let mut r = error_reply(Reason::Unauthenticated, None);
     r.headers.push((
         "www-authenticate".into(),
         "Cookie realm=\"oidc-filter\"".into(),
     ));
+    if bearer {
+        r.headers.push((
+            "www-authenticate".into(),
+            "Bearer realm=\"oidc-filter\"".into(),
+        ));
+    }
     r
 }
 
@@ -562,11 +629,11 @@ fn forward(cfg: &Config, req: &Request, s: Option<&Session>) -> Forward {
 
 /// oauth2-proxy's `/oauth2/auth`: 202 with the identity in response headers, 401 without a
 /// session, 403 when the host's policy or the query's `allowed_*` refuse it.
-fn auth_endpoint(cfg: &Config, req: &Request, session: SessionState) -> LocalReply {
+fn auth_endpoint(cfg: &Config, req: &Request, session: SessionState, bearer: bool) -> LocalReply {
     let s = match session {
         SessionState::Valid(s) => s,
         SessionState::Denied(reason) => return denied(reason),
-        SessionState::None => return unauthorized(),
+        SessionState::None => return unauthorized(bearer),
     };
     if let Err(reason) = crate::policy::check_auth_query(&query_params(req.query()), &s) {
         return denied(reason);

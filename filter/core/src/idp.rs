@@ -211,6 +211,13 @@ impl IdpState {
         UnknownKid::Wait
     }
 
+    /// Whether `kid` was refetched for moments ago and is still unknown (read-only).
+    pub fn kid_refused(&self, kid: &str, now: u64) -> bool {
+        self.refused_kids
+            .iter()
+            .any(|(k, until)| k == kid && *until > now)
+    }
+
     /// A JWKS response came and `kid` is still not in it: refuse it for `REFUSED_KID_SECS`.
     pub fn still_unknown(&mut self, kid: &str, now: u64) {
         if self.refused_kids.iter().any(|(k, _)| k == kid) {

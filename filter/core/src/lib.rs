@@ -6,6 +6,7 @@
 //! outputs into host calls. See ARCHITECTURE.md.
 #![forbid(unsafe_code)]
 
+pub mod bearer;
 pub mod claims;
 pub mod config;
 pub mod domain;

@@ -272,6 +272,8 @@ pub enum IdTokenError {
     NotYetValid,
     MissingClaim(&'static str),
     Nonce,
+    /// The `typ` header is not the one required (RFC 9068: `at+jwt`).
+    Type,
 }
 
 impl IdTokenError {
@@ -290,6 +292,7 @@ impl IdTokenError {
             IdTokenError::NotYetValid => "nbf is in the future".into(),
             IdTokenError::MissingClaim(c) => format!("claim {c} missing"),
             IdTokenError::Nonce => "nonce does not match this login".into(),
+            IdTokenError::Type => "typ is not the one required".into(),
         }
     }
 }
@@ -359,16 +362,16 @@ fn verify_with(
     })
 }
 
-/// OIDC Core §3.1.3.7, in its order: signature (6–8), `iss` (2), `aud` (3), `azp` (4–5),
-/// `exp` (9), `iat` (10), `nbf` (RFC 7519 §4.1.5), `nonce` (11).
-pub fn validate_id_token(
+/// The token's signature, by a key of `keys` (the `kid`'s, else any that fits) and an `alg`
+/// of `algs`; returns its claims and its `typ` header.
+fn verified_claims(
     raw: &str,
     keys: &KeySet,
-    expected: &Expected<'_>,
-) -> Result<Identity, IdTokenError> {
+    algs: &[&str],
+) -> Result<(Claims<IdClaims>, Option<String>), IdTokenError> {
     let token = UntrustedToken::new(raw).map_err(|_| IdTokenError::Malformed)?;
     let alg = token.algorithm().to_string();
-    if !ACCEPTED_ALGS.contains(&alg.as_str()) {
+    if !algs.contains(&alg.as_str()) || !ACCEPTED_ALGS.contains(&alg.as_str()) {
         return Err(IdTokenError::Algorithm(alg));
     }
     let kid = token.header().key_id.clone();
@@ -386,61 +389,48 @@ pub fn validate_id_token(
         }
         None => keys.keys.iter().collect(),
     };
-    let mut claims = None;
     let mut last_err = IdTokenError::NoUsableKey;
     for key in candidates {
         match verify_with(key, &alg, &token) {
-            Some(Ok(c)) => {
-                claims = Some(c);
-                break;
-            }
+            Some(Ok(c)) => return Ok((c, token.header().token_type.clone())),
             Some(Err(e)) => last_err = e,
             None => {}
         }
     }
-    let claims = claims.ok_or(last_err)?;
-    let c = &claims.custom;
+    Err(last_err)
+}
 
-    if c.iss.as_deref() != Some(expected.issuer) {
-        return Err(IdTokenError::Issuer);
-    }
-    let audiences: Vec<&str> = match &c.aud {
-        Some(Audience::One(a)) => vec![a.as_str()],
-        Some(Audience::Many(a)) => a.iter().map(String::as_str).collect(),
-        None => return Err(IdTokenError::Audience),
-    };
-    if !audiences.contains(&expected.client_id) {
-        return Err(IdTokenError::Audience);
-    }
-    match &c.azp {
-        Some(azp) if azp != expected.client_id => return Err(IdTokenError::AuthorizedParty),
-        None if audiences.len() > 1 => return Err(IdTokenError::AuthorizedParty),
-        _ => {}
-    }
+/// `exp` (required), `iat` (required for ID tokens) and `nbf`, with `leeway`.
+fn check_times(
+    claims: &Claims<IdClaims>,
+    now: u64,
+    leeway: u64,
+    iat_required: bool,
+) -> Result<u64, IdTokenError> {
     let exp = claims
         .expiration
         .ok_or(IdTokenError::MissingClaim("exp"))?
         .timestamp();
-    if exp.saturating_add(expected.leeway as i64) <= expected.now as i64 {
+    if exp.saturating_add(leeway as i64) <= now as i64 {
         return Err(IdTokenError::Expired);
     }
-    let iat = claims
-        .issued_at
-        .ok_or(IdTokenError::MissingClaim("iat"))?
-        .timestamp();
-    if iat > expected.now.saturating_add(expected.leeway) as i64 {
-        return Err(IdTokenError::IssuedInFuture);
+    match claims.issued_at {
+        Some(iat) if iat.timestamp() > now.saturating_add(leeway) as i64 => {
+            return Err(IdTokenError::IssuedInFuture)
+        }
+        None if iat_required => return Err(IdTokenError::MissingClaim("iat")),
+        _ => {}
     }
     // RFC 7519 §4.1.5, with the same leeway as `iat`.
     if let Some(nbf) = claims.not_before {
-        if nbf.timestamp() > expected.now.saturating_add(expected.leeway) as i64 {
+        if nbf.timestamp() > now.saturating_add(leeway) as i64 {
             return Err(IdTokenError::NotYetValid);
         }
     }
-    match &c.nonce {
-        Some(n) if ct_eq(n.as_bytes(), expected.nonce.as_bytes()) => {}
-        _ => return Err(IdTokenError::Nonce),
-    }
+    Ok(u64::try_from(exp).unwrap_or(0))
+}
+
+fn identity_of(c: &IdClaims) -> Result<Identity, IdTokenError> {
     let sub = match &c.sub {
         Some(s) if !s.is_empty() => s.clone(),
         _ => return Err(IdTokenError::MissingClaim("sub")),
@@ -455,4 +445,97 @@ pub fn validate_id_token(
         claims: CLAIMS.map(|spec| c.text(spec.name)),
         other: c.other.clone(),
     })
+}
+
+fn audiences(c: &IdClaims) -> Vec<&str> {
+    match &c.aud {
+        Some(Audience::One(a)) => vec![a.as_str()],
+        Some(Audience::Many(a)) => a.iter().map(String::as_str).collect(),
+        None => Vec::new(),
+    }
+}
+
+/// The `iss` of a token, read without checking anything: only to pick the issuer whose keys
+/// and rules then validate it.
+pub fn unverified_issuer(raw: &str) -> Option<String> {
+    let token = UntrustedToken::new(raw).ok()?;
+    #[derive(Deserialize)]
+    struct Iss {
+        iss: Option<String>,
+    }
+    token.deserialize_claims_unchecked::<Iss>().ok()?.custom.iss
+}
+
+/// What a bearer token must be (RFC 9068 §4 for access tokens; an ID token of the host's
+/// provider passes with its `client_id` as the audience, as oauth2-proxy takes them).
+pub struct BearerExpected<'a> {
+    pub issuer: &'a str,
+    pub audiences: &'a [String],
+    pub algorithms: &'a [&'a str],
+    /// `at+jwt`: the `typ` header must be it (`application/at+jwt` too).
+    pub typ: Option<&'a str>,
+    pub now: u64,
+    pub leeway: u64,
+}
+
+/// A bearer JWT: signature, `alg`, `typ`, `iss`, `aud`, `exp`, `nbf`, `iat`. Returns the
+/// identity and `exp`.
+pub fn validate_bearer(
+    raw: &str,
+    keys: &KeySet,
+    expected: &BearerExpected<'_>,
+) -> Result<(Identity, u64), IdTokenError> {
+    let (claims, typ) = verified_claims(raw, keys, expected.algorithms)?;
+    if let Some(want) = expected.typ {
+        let got = typ.as_deref().unwrap_or("");
+        let got = got
+            .strip_prefix("application/")
+            .or_else(|| got.strip_prefix("APPLICATION/"))
+            .unwrap_or(got);
+        if !got.eq_ignore_ascii_case(want) {
+            return Err(IdTokenError::Type);
+        }
+    }
+    let c = &claims.custom;
+    if c.iss.as_deref() != Some(expected.issuer) {
+        return Err(IdTokenError::Issuer);
+    }
+    if !audiences(c)
+        .iter()
+        .any(|a| expected.audiences.iter().any(|e| e == a))
+    {
+        return Err(IdTokenError::Audience);
+    }
+    let exp = check_times(&claims, expected.now, expected.leeway, false)?;
+    Ok((identity_of(c)?, exp))
+}
+
+/// OIDC Core §3.1.3.7, in its order: signature (6–8), `iss` (2), `aud` (3), `azp` (4–5),
+/// `exp` (9), `iat` (10), `nbf` (RFC 7519 §4.1.5), `nonce` (11).
+pub fn validate_id_token(
+    raw: &str,
+    keys: &KeySet,
+    expected: &Expected<'_>,
+) -> Result<Identity, IdTokenError> {
+    let (claims, _) = verified_claims(raw, keys, ACCEPTED_ALGS)?;
+    let c = &claims.custom;
+
+    if c.iss.as_deref() != Some(expected.issuer) {
+        return Err(IdTokenError::Issuer);
+    }
+    let audiences = audiences(c);
+    if !audiences.contains(&expected.client_id) {
+        return Err(IdTokenError::Audience);
+    }
+    match &c.azp {
+        Some(azp) if azp != expected.client_id => return Err(IdTokenError::AuthorizedParty),
+        None if audiences.len() > 1 => return Err(IdTokenError::AuthorizedParty),
+        _ => {}
+    }
+    check_times(&claims, expected.now, expected.leeway, true)?;
+    match &c.nonce {
+        Some(n) if ct_eq(n.as_bytes(), expected.nonce.as_bytes()) => {}
+        _ => return Err(IdTokenError::Nonce),
+    }
+    identity_of(c)
 }

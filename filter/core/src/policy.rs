@@ -172,8 +172,19 @@ pub struct Carry {
 impl Carry {
     /// The groups and claims of a validated ID token that a session keeps.
     pub fn take(&self, token: &Map<String, Value>) -> (Vec<String>, Vec<(String, Vec<String>)>) {
+        let path = self.groups_claim.as_deref().unwrap_or_default();
+        self.take_from(token, path)
+    }
+
+    /// As `take`, with the groups read from `groups_claim` (a bearer token's issuer may name
+    /// its groups claim otherwise than the provider), if groups are carried at all.
+    pub fn take_from(
+        &self,
+        token: &Map<String, Value>,
+        groups_claim: &str,
+    ) -> (Vec<String>, Vec<(String, Vec<String>)>) {
         let mut groups = match &self.groups_claim {
-            Some(path) => claim_values(token, path).unwrap_or_default(),
+            Some(_) => claim_values(token, groups_claim).unwrap_or_default(),
             None => Vec::new(),
         };
         if let Some(only) = &self.groups_only {

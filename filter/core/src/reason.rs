@@ -74,6 +74,10 @@ reasons! {
     ClaimNotAllowed = "claim_not_allowed", 403, Info;
     /// What the session must carry does not fit in a cookie (too many groups or claims).
     SessionTooLarge = "session_too_large", 500, Warn;
+    /// A bearer token that does not validate (RFC 6750 `invalid_token`).
+    BearerInvalid = "bearer_invalid", 401, Info;
+    /// A bearer token names a key its issuer's JWKS lacks; the keys are being refetched.
+    BearerKeyUnknown = "bearer_key_unknown", 503, Info;
     /// The request's host matches no `hosts` entry and `unmatched_hosts` is `deny`.
     HostNotConfigured = "host_not_configured", 403, Info;
     /// The host's shared data (where spent logins are kept) failed.

@@ -76,7 +76,7 @@ fn random() -> impl FnMut() -> Option<[u8; 32]> {
 }
 
 /// A login's callback driven to `Step::Wait` (token request sent as `token`); the nonce.
-fn to_token_wait(e: &Engine, s: &mut Stream, token: u32) -> String {
+fn to_token_wait(e: &mut Engine, s: &mut Stream, token: u32) -> String {
     let mut rand = random();
     let Step::Reply(start) = Stream::new(0).handle_request(e, &get("/app"), NOW, &mut rand) else {
         panic!("no redirect");
@@ -101,7 +101,7 @@ fn to_token_wait(e: &Engine, s: &mut Stream, token: u32) -> String {
 fn a_login_through_the_state_machine() {
     let (mut e, _) = loaded(&[rsa_jwk(rsa_key(0))]);
     let mut s = Stream::new(1);
-    let nonce = to_token_wait(&e, &mut s, 77);
+    let nonce = to_token_wait(&mut e, &mut s, 77);
     // Another callout's answer is not this stream's.
     assert_eq!(s.handle_callout(&mut e, 78, ok(vec![]), NOW), None);
     let Some(Step::Reply(r)) = s.handle_callout(&mut e, 77, ok(token_body(&id_token(&nonce))), NOW)
@@ -116,9 +116,10 @@ fn a_login_through_the_state_machine() {
 
 #[test]
 fn a_spent_login_and_a_failed_dispatch_end_the_stream() {
-    let (e, _) = loaded(&[rsa_jwk(rsa_key(0))]);
+    let (mut e, _) = loaded(&[rsa_jwk(rsa_key(0))]);
     let mut rand = random();
-    let Step::Reply(start) = Stream::new(0).handle_request(&e, &get("/app"), NOW, &mut rand) else {
+    let Step::Reply(start) = Stream::new(0).handle_request(&mut e, &get("/app"), NOW, &mut rand)
+    else {
         panic!()
     };
     let auth = header(&start, "location").unwrap().to_string();
@@ -127,7 +128,7 @@ fn a_spent_login_and_a_failed_dispatch_end_the_stream() {
 
     let mut s = Stream::new(1);
     assert!(matches!(
-        s.handle_request(&e, &cb, NOW, &mut rand),
+        s.handle_request(&mut e, &cb, NOW, &mut rand),
         Step::Claim(_)
     ));
     let Step::Reply(r) = s.handle_claim(Ok(false)) else {
@@ -137,7 +138,7 @@ fn a_spent_login_and_a_failed_dispatch_end_the_stream() {
 
     let mut s = Stream::new(2);
     assert!(matches!(
-        s.handle_request(&e, &cb, NOW, &mut rand),
+        s.handle_request(&mut e, &cb, NOW, &mut rand),
         Step::Claim(_)
     ));
     let Step::Reply(r) = s.handle_claim(Err(())) else {
@@ -150,7 +151,7 @@ fn a_spent_login_and_a_failed_dispatch_end_the_stream() {
 
     let mut s = Stream::new(3);
     assert!(matches!(
-        s.handle_request(&e, &cb, NOW, &mut rand),
+        s.handle_request(&mut e, &cb, NOW, &mut rand),
         Step::Claim(_)
     ));
     assert!(matches!(s.handle_claim(Ok(true)), Step::Dispatch(_)));
@@ -170,7 +171,7 @@ fn a_spent_login_and_a_failed_dispatch_end_the_stream() {
 fn a_token_response_too_large_is_refused() {
     let (mut e, _) = loaded(&[rsa_jwk(rsa_key(0))]);
     let mut s = Stream::new(1);
-    to_token_wait(&e, &mut s, 5);
+    to_token_wait(&mut e, &mut s, 5);
     let big = Response {
         status: Some(200),
         body: vec![],
@@ -191,7 +192,7 @@ fn logins_waiting_for_a_new_key_share_one_refetch() {
     let mut streams = Vec::new();
     for i in 0..3u32 {
         let mut s = Stream::new(10 + i);
-        let nonce = to_token_wait(&e, &mut s, 100 + i);
+        let nonce = to_token_wait(&mut e, &mut s, 100 + i);
         let t = sign_rs256(
             new_key,
             &json!({"alg": "RS256", "kid": new_key.kid}),
@@ -232,7 +233,7 @@ fn a_key_that_never_comes_times_out_and_a_left_client_is_forgotten() {
     let mut a = Stream::new(1);
     let mut b = Stream::new(2);
     for (s, tok) in [(&mut a, 1u32), (&mut b, 2)] {
-        let nonce = to_token_wait(&e, s, tok);
+        let nonce = to_token_wait(&mut e, s, tok);
         let t = sign_rs256(
             stranger,
             &json!({"alg": "RS256", "kid": stranger.kid}),
@@ -263,7 +264,7 @@ fn key_waiters_are_bounded() {
     let mut last = None;
     for i in 0..=MAX_KEY_WAITERS as u32 {
         let mut s = Stream::new(i);
-        let nonce = to_token_wait(&e, &mut s, i);
+        let nonce = to_token_wait(&mut e, &mut s, i);
         let t = sign_rs256(
             stranger,
             &json!({"alg": "RS256", "kid": stranger.kid}),

@@ -209,8 +209,9 @@ pub struct World {
     pub now: u64,
     pub rng: ChaCha20Rng,
     pub ready: bool,
-    /// Providers after the first (a config with several), each ready.
+    /// Providers after the first (a config with several), then extra JWT issuers, each ready.
     pub others: Vec<(Provider, KeySet)>,
+    pub bearer: std::cell::RefCell<oidc_filter_core::bearer::BearerCache>,
 }
 
 impl flow::Idps for World {
@@ -236,6 +237,7 @@ impl World {
             rng: rng(1),
             ready: true,
             others: Vec::new(),
+            bearer: Default::default(),
         }
     }
 
@@ -244,6 +246,7 @@ impl World {
             config: &self.config,
             idps: self,
             now: self.now,
+            bearer: Some(&self.bearer),
         }
     }
 

@@ -1,0 +1,313 @@
+//! Bearer tokens for API clients (oauth2-proxy's `skip_jwt_bearer_tokens` and
+//! `extra_jwt_issuers`): a request with `Authorization: Bearer <JWT>` is let in on the token,
+//! validated against the host's provider (audience: its `client_id`) or an extra issuer, and
+//! its identity is passed upstream like a session's. Refusals follow RFC 6750 §3: 401 with
+//! `WWW-Authenticate: Bearer error="invalid_token"`, never a redirect.
+//!
+//! An RSA signature costs about a millisecond in wasm, so verified tokens are kept per VM,
+//! keyed by a SHA-256 of the token and the provider, until their `exp`, at most
+//! `MAX_CACHED` of them (the oldest goes first). Only a fully validated token is kept; the
+//! policy is checked on every request from what the entry carries, as for sessions.
+
+use std::collections::{HashMap, VecDeque};
+
+use sha2::{Digest, Sha256};
+
+use crate::claims::{EMAIL, SUB};
+use crate::config::{Config, JwtIssuer, ProviderConfig};
+use crate::flow::{clean_claim, error_reply, Idps, LocalReply, RETRY_AFTER_SECS};
+use crate::http::Request;
+use crate::oidc::{self, BearerExpected, IdTokenError, ACCEPTED_ALGS};
+use crate::reason::Reason;
+use crate::session::Session;
+
+/// Verified tokens kept per VM.
+pub const MAX_CACHED: usize = 1024;
+/// Clock skew allowed on `exp`, `iat` and `nbf`.
+pub const LEEWAY_SECS: u64 = 60;
+/// A longer `Authorization` value is refused unread.
+pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+
+/// The token of `Authorization: Bearer <token>` (RFC 6750 §2.1; the scheme in any case), if
+/// the request has exactly one `Authorization` header and its token looks like a JWS (three
+/// base64url parts). Anything else (no header, Basic, an opaque token) is not ours to judge:
+/// the request goes on to the session check.
+pub fn bearer_token<'r>(req: &'r Request<'_>) -> Option<&'r str> {
+    let mut auth = req
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("authorization"));
+    let (_, v) = auth.next()?;
+    if auth.next().is_some() {
+        return None;
+    }
+    let v: &str = v.as_ref();
+    let (scheme, token) = v.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = token.trim_matches(' ');
+    let parts = token.split('.').collect::<Vec<_>>();
+    let b64 = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    (parts.len() == 3
+        && !parts[0].is_empty()
+        && !parts[1].is_empty()
+        && parts.iter().all(|p| b64(p)))
+    .then_some(token)
+}
+
+struct Cached {
+    session: Session,
+    /// The token says `email_verified: false` (each host's policy decides).
+    unverified: bool,
+    /// `exp` plus the leeway: the entry serves until then.
+    until: u64,
+}
+
+/// Verified bearer tokens of one VM, and the key ids tokens named that the keys held lack
+/// (the engine asks for a refetch of those).
+#[derive(Default)]
+pub struct BearerCache {
+    map: HashMap<[u8; 32], Cached>,
+    order: VecDeque<[u8; 32]>,
+    /// (fetch index of the issuer, kid): drained by the engine after each request.
+    pub unknown_kids: Vec<(usize, String)>,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+impl BearerCache {
+    fn key(provider: usize, token: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update((provider as u64).to_be_bytes());
+        h.update(token.as_bytes());
+        h.finalize().into()
+    }
+
+    fn get(&mut self, key: &[u8; 32], now: u64) -> Option<(Session, bool)> {
+        match self.map.get(key) {
+            Some(c) if c.until > now => {
+                self.hits += 1;
+                Some((c.session.clone(), c.unverified))
+            }
+            Some(_) => {
+                self.map.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn put(&mut self, key: [u8; 32], entry: (Session, bool), until: u64, now: u64) {
+        if self.map.len() >= MAX_CACHED {
+            // Expired entries first; then the oldest.
+            self.map.retain(|_, c| c.until > now);
+            self.order.retain(|k| self.map.contains_key(k));
+            while self.map.len() >= MAX_CACHED {
+                match self.order.pop_front() {
+                    Some(old) => {
+                        self.map.remove(&old);
+                    }
+                    None => break,
+                }
+            }
+        }
+        let (session, unverified) = entry;
+        let cached = Cached {
+            session,
+            unverified,
+            until,
+        };
+        if self.map.insert(key, cached).is_none() {
+            self.order.push_back(key);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// One issuer a host accepts: the provider's own, or an extra one, with the fetch index its
+/// keys are kept at.
+struct Signer<'a> {
+    fetch: usize,
+    source: &'a ProviderConfig,
+    audiences: std::borrow::Cow<'a, [String]>,
+    algorithms: &'a [String],
+    typ: Option<&'a str>,
+}
+
+fn signers<'a>(cfg: &'a Config, provider: usize) -> impl Iterator<Item = Signer<'a>> {
+    let own = cfg.providers.get(provider).map(|p| Signer {
+        fetch: provider,
+        source: p,
+        audiences: std::borrow::Cow::Owned(vec![p.client_id.clone()]),
+        algorithms: &[],
+        typ: None,
+    });
+    let n = cfg.providers.len();
+    own.into_iter()
+        .chain(
+            cfg.jwt_issuers
+                .iter()
+                .enumerate()
+                .map(move |(i, j): (usize, &JwtIssuer)| Signer {
+                    fetch: n + i,
+                    source: &j.source,
+                    audiences: std::borrow::Cow::Borrowed(&j.audiences),
+                    algorithms: &j.algorithms,
+                    typ: j.typ.as_deref(),
+                }),
+        )
+}
+
+/// RFC 6750 §3.1: `invalid_token`, with a description of the kind of fault only.
+pub fn invalid_token(description: &str, detail: String) -> LocalReply {
+    let mut r = error_reply(Reason::BearerInvalid, Some(detail));
+    r.headers.push((
+        "www-authenticate".into(),
+        format!("Bearer realm=\"oidc-filter\", error=\"invalid_token\", error_description=\"{description}\""),
+    ));
+    r
+}
+
+fn description(e: &IdTokenError) -> &'static str {
+    match e {
+        IdTokenError::Expired => "the token expired",
+        IdTokenError::NotYetValid | IdTokenError::IssuedInFuture => "the token is not valid yet",
+        IdTokenError::Audience => "the token is not for this audience",
+        IdTokenError::Issuer => "the token's issuer is not accepted",
+        IdTokenError::Algorithm(_) => "the token's algorithm is not accepted",
+        IdTokenError::Type => "the token's typ is not accepted",
+        IdTokenError::MissingClaim(_) => "the token lacks a required claim",
+        _ => "the token does not verify",
+    }
+}
+
+/// The identity a bearer token proves on a host of provider `provider`: a session-like value
+/// (from the cache, or validated now and cached) and whether its email is marked unverified,
+/// or the reply that refuses it.
+pub fn authenticate(
+    cfg: &Config,
+    idps: &dyn Idps,
+    cache: &mut BearerCache,
+    provider: usize,
+    token: &str,
+    now: u64,
+) -> Result<(Session, bool), LocalReply> {
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(invalid_token(
+            "the token is too long",
+            "bearer token too long".into(),
+        ));
+    }
+    let key = BearerCache::key(provider, token);
+    if let Some(s) = cache.get(&key, now) {
+        return Ok(s);
+    }
+    cache.misses += 1;
+    let Some(iss) = oidc::unverified_issuer(token) else {
+        return Err(invalid_token(
+            "the token does not verify",
+            "bearer token malformed".into(),
+        ));
+    };
+    let Some(signer) = signers(cfg, provider).find(|s| s.source.issuer == iss) else {
+        return Err(invalid_token(
+            "the token's issuer is not accepted",
+            "bearer token from an issuer this host does not accept".into(),
+        ));
+    };
+    let Some(idp) = idps.idp(signer.fetch) else {
+        let mut r = error_reply(
+            Reason::IdpNotReady,
+            Some(format!(
+                "keys of issuer {} not loaded yet",
+                signer.source.name
+            )),
+        );
+        r.headers
+            .push(("retry-after".into(), RETRY_AFTER_SECS.to_string()));
+        return Err(r);
+    };
+    let algs: Vec<&str> = if signer.algorithms.is_empty() {
+        ACCEPTED_ALGS.to_vec()
+    } else {
+        signer.algorithms.iter().map(String::as_str).collect()
+    };
+    let expected = BearerExpected {
+        issuer: &signer.source.issuer,
+        audiences: &signer.audiences,
+        algorithms: &algs,
+        typ: signer.typ,
+        now,
+        leeway: LEEWAY_SECS,
+    };
+    let (identity, exp) = match oidc::validate_bearer(token, idp.keys, &expected) {
+        Ok(v) => v,
+        Err(IdTokenError::UnknownKid(kid)) => {
+            if idps.kid_refused(signer.fetch, &kid, now) {
+                return Err(invalid_token(
+                    "the token does not verify",
+                    "bearer token names a key its issuer does not have".into(),
+                ));
+            }
+            cache.unknown_kids.push((signer.fetch, kid));
+            let mut r = error_reply(
+                Reason::BearerKeyUnknown,
+                Some(format!(
+                    "issuer {}: fetching its keys for a new kid",
+                    signer.source.name
+                )),
+            );
+            r.headers.push(("retry-after".into(), "1".into()));
+            return Err(r);
+        }
+        Err(e) => {
+            return Err(invalid_token(
+                description(&e),
+                format!("bearer token refused: {}", e.describe()),
+            ))
+        }
+    };
+    let Some(p) = cfg.providers.get(provider) else {
+        return Err(error_reply(Reason::InternalError, None));
+    };
+    let email = clean_claim(identity.email());
+    let (groups, attrs) = p
+        .carry
+        .take_from(&identity.other, &signer.source.groups_claim);
+    let session = Session {
+        expires_at: exp,
+        issued_at: now,
+        claims: std::array::from_fn(|i| match i {
+            SUB => clean_claim(Some(&identity.sub)),
+            EMAIL => email.clone(),
+            _ => clean_claim(identity.claims[i].as_deref()),
+        }),
+        groups,
+        attrs,
+    };
+    if session.sub().is_empty() {
+        return Err(invalid_token(
+            "the token lacks a required claim",
+            "bearer token with an unusable sub".into(),
+        ));
+    }
+    let unverified = !email.is_empty() && identity.email_verified == Some(false);
+    cache.put(
+        key,
+        (session.clone(), unverified),
+        exp.saturating_add(LEEWAY_SECS),
+        now,
+    );
+    Ok((session, unverified))
+}
