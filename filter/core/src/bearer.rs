@@ -153,20 +153,14 @@ fn signers<'a>(cfg: &'a Config, provider: usize) -> impl Iterator<Item = Signer<
         algorithms: &[],
         typ: None,
     });
-    let n = cfg.providers.len();
     own.into_iter()
-        .chain(
-            cfg.jwt_issuers
-                .iter()
-                .enumerate()
-                .map(move |(i, j): (usize, &JwtIssuer)| Signer {
-                    fetch: n + i,
-                    source: &j.source,
-                    audiences: std::borrow::Cow::Borrowed(&j.audiences),
-                    algorithms: &j.algorithms,
-                    typ: j.typ.as_deref(),
-                }),
-        )
+        .chain(cfg.jwt_issuers.iter().map(|j: &JwtIssuer| Signer {
+            fetch: j.fetch,
+            source: &j.source,
+            audiences: std::borrow::Cow::Borrowed(&j.audiences),
+            algorithms: &j.algorithms,
+            typ: j.typ.as_deref(),
+        }))
 }
 
 /// RFC 6750 §3.1: `invalid_token`, with a description of the kind of fault only.
@@ -214,13 +208,20 @@ pub fn authenticate(
         return Ok(s);
     }
     cache.misses += 1;
-    let Some(iss) = oidc::unverified_issuer(token) else {
+    let Some((iss, aud)) = oidc::unverified_iss_aud(token) else {
         return Err(invalid_token(
             "the token does not verify",
             "bearer token malformed".into(),
         ));
     };
-    let Some(signer) = signers(cfg, provider).find(|s| s.source.issuer == iss) else {
+    // The issuer's entry for the token's audience (a provider's issuer may sign ID tokens
+    // for its client and access tokens for an API); any entry of the issuer otherwise, which
+    // then refuses the audience.
+    let of_issuer = || signers(cfg, provider).filter(|s| s.source.issuer == iss);
+    let signer = of_issuer()
+        .find(|s| s.audiences.iter().any(|a| aud.contains(a)))
+        .or_else(|| of_issuer().next());
+    let Some(signer) = signer else {
         return Err(invalid_token(
             "the token's issuer is not accepted",
             "bearer token from an issuer this host does not accept".into(),

@@ -198,6 +198,10 @@ pub struct JwtIssuer {
     pub algorithms: Vec<String>,
     /// RFC 9068 §4: the `typ` header every token must have (`at+jwt`), if set.
     pub typ: Option<String>,
+    /// Where its metadata and keys are kept: a provider's index when it is that provider's
+    /// issuer (with other audiences: access tokens for an API), else its own fetch index
+    /// after the providers'.
+    pub fetch: usize,
 }
 
 /// Who may pass, checked at login and again on every request.
@@ -266,8 +270,7 @@ pub struct Config {
     pub pass_groups: bool,
     /// `claim_headers`: (header, lower case; claim path) set upstream from the session.
     pub claim_headers: Vec<(String, String)>,
-    /// `extra_jwt_issuers`. Their fetch state follows the providers' (index
-    /// `providers.len() + i`).
+    /// `extra_jwt_issuers` (see `JwtIssuer::fetch` for where their keys are kept).
     pub jwt_issuers: Vec<JwtIssuer>,
 }
 
@@ -340,9 +343,13 @@ impl Config {
     /// What the engine fetches metadata and keys for: the providers, then the extra JWT
     /// issuers (fetch index `providers.len() + i`).
     pub fn sources(&self) -> impl Iterator<Item = &ProviderConfig> {
-        self.providers
-            .iter()
-            .chain(self.jwt_issuers.iter().map(|j| &j.source))
+        let n = self.providers.len();
+        self.providers.iter().chain(
+            self.jwt_issuers
+                .iter()
+                .filter(move |j| j.fetch >= n)
+                .map(|j| &j.source),
+        )
     }
 
     pub fn source(&self, fetch: usize) -> Option<&ProviderConfig> {
@@ -1519,19 +1526,23 @@ fn jwt_issuers_from(
                 None
             }
         };
-        let Some(issuer) = issuer else { continue };
-        if providers.iter().any(|p| p.issuer == issuer.source.issuer)
-            || out.iter().any(|o| o.source.issuer == issuer.source.issuer)
-        {
+        let Some(mut issuer) = issuer else { continue };
+        if out.iter().any(|o| o.source.issuer == issuer.source.issuer) {
             f.err(
                 &field,
                 format!(
-                    "{:?} is listed already (as a provider or an earlier entry): list its audiences in one entry",
+                    "{:?} is listed already: list its audiences in one entry",
                     issuer.source.issuer
                 ),
             );
             continue;
         }
+        // A provider's own issuer shares the provider's keys; others are fetched on their own.
+        let own = out.iter().filter(|o| o.fetch >= providers.len()).count();
+        issuer.fetch = providers
+            .iter()
+            .position(|p| p.issuer == issuer.source.issuer)
+            .unwrap_or(providers.len() + own);
         out.push(issuer);
     }
     out
@@ -1621,6 +1632,7 @@ fn jwt_issuer_short(
             .map(|a| a.to_string())
             .collect(),
         typ: None,
+        fetch: 0,
     })
 }
 
@@ -1717,6 +1729,7 @@ fn jwt_issuer_object(f: &mut Fields, _field: &str) -> Option<JwtIssuer> {
         audiences: audiences?,
         algorithms,
         typ,
+        fetch: 0,
     })
 }
 

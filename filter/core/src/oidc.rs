@@ -455,15 +455,22 @@ fn audiences(c: &IdClaims) -> Vec<&str> {
     }
 }
 
-/// The `iss` of a token, read without checking anything: only to pick the issuer whose keys
-/// and rules then validate it.
-pub fn unverified_issuer(raw: &str) -> Option<String> {
+/// The `iss` and `aud` of a token, read without checking anything: only to pick the issuer
+/// entry whose keys and rules then validate it.
+pub fn unverified_iss_aud(raw: &str) -> Option<(String, Vec<String>)> {
     let token = UntrustedToken::new(raw).ok()?;
     #[derive(Deserialize)]
-    struct Iss {
+    struct IssAud {
         iss: Option<String>,
+        aud: Option<Audience>,
     }
-    token.deserialize_claims_unchecked::<Iss>().ok()?.custom.iss
+    let c = token.deserialize_claims_unchecked::<IssAud>().ok()?.custom;
+    let aud = match c.aud {
+        Some(Audience::One(a)) => vec![a],
+        Some(Audience::Many(a)) => a,
+        None => Vec::new(),
+    };
+    Some((c.iss?, aud))
 }
 
 /// What a bearer token must be (RFC 9068 §4 for access tokens; an ID token of the host's

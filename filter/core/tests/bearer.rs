@@ -236,6 +236,32 @@ fn each_check_refuses_on_its_own() {
     forwarded_headers(&mut w, &with_bearer(&access_token(&base)));
 }
 
+/// The provider's issuer with another audience (access tokens for an API, as the OP's
+/// client-credentials grant issues them): its keys are the provider's, fetched once.
+#[test]
+fn the_providers_issuer_with_an_api_audience() {
+    let cfg = bearer_config(json!({"extra_jwt_issuers": [format!("{ISSUER}=urn:api")]}));
+    assert_eq!(cfg.jwt_issuers[0].fetch, 0);
+    assert_eq!(cfg.sources().count(), 1, "no second fetch of the same keys");
+    let mut w = World::new(cfg);
+    let k = rsa_key(0);
+    let h = json!({"alg": "RS256", "kid": k.kid, "typ": "at+jwt"});
+    let mut c = access_claims();
+    c["iss"] = json!(ISSUER);
+    c["aud"] = json!("urn:api");
+    let got = forwarded_headers(&mut w, &with_bearer(&sign_rs256(k, &h, &c)));
+    assert_eq!(get_header(&got, "x-forwarded-user"), Some("client-7"));
+    // ID tokens for the client still pass; an audience neither names does not.
+    let mut idt = claims("n");
+    idt["aud"] = json!(CLIENT_ID);
+    forwarded_headers(&mut w, &with_bearer(&sign_rs256(k, &h, &idt)));
+    c["aud"] = json!("urn:other");
+    assert_invalid(
+        &refused(&mut w, &with_bearer(&sign_rs256(k, &h, &c))),
+        "neither audience",
+    );
+}
+
 #[test]
 fn typ_and_algorithms_are_enforced_where_configured() {
     let cfg = bearer_config(json!({"extra_jwt_issuers": [{
@@ -424,11 +450,11 @@ fn config_errors_name_each_field() {
             "missing {want:?} in {errs:?}"
         );
     }
-    // The provider's own issuer is accepted already.
     let errs = parse(json!({"skip_jwt_bearer_tokens": true,
-        "extra_jwt_issuers": [format!("{ISSUER}=api")]}));
+        "extra_jwt_issuers": [format!("{ISSUER}/x=api"), format!("{ISSUER}/x=web")]}));
     assert!(
-        errs.iter().any(|e| e.contains("listed already")),
+        errs.iter()
+            .any(|e| e.contains("extra_jwt_issuers[1]: ") && e.contains("listed already")),
         "{errs:?}"
     );
     // Per host.
