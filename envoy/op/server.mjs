@@ -21,6 +21,10 @@
 //   --envoy-ports     ENVOY_PORTS        8080
 //   --id-token-ttl    OP_ID_TOKEN_TTL    3600 (seconds)
 //   --quiet           OP_QUIET           no per-request log lines
+//
+// API clients: `api-client` / `api-client-secret` gets RS256 JWT access tokens (RFC 9068,
+// typ at+jwt) from the client-credentials grant, for the resource urn:oidc-filter:api (its
+// aud), with groups ["robots"]; `api-client-2` gets the same without groups.
 import * as crypto from 'node:crypto';
 import * as http from 'node:http';
 import * as querystring from 'node:querystring';
@@ -132,6 +136,13 @@ function publicJwk(jwk) {
   };
 }
 
+// Clients of the client-credentials grant, and the API their access tokens are for.
+const API_RESOURCE = 'urn:oidc-filter:api';
+const API_CLIENTS = [
+  { id: 'api-client', secret: 'api-client-secret', groups: ['robots'] },
+  { id: 'api-client-2', secret: 'api-client-2-secret' },
+];
+
 // Cookie keys stay the same across rotations so interactions/sessions survive a key change.
 const COOKIE_KEYS = [crypto.randomBytes(32).toString('base64url')];
 
@@ -147,7 +158,15 @@ function buildProvider(signingJwk) {
       response_types: ['code'],
       token_endpoint_auth_method: 'client_secret_basic',
       id_token_signed_response_alg: 'RS256',
-    }],
+    },
+    ...API_CLIENTS.map((c) => ({
+      client_id: c.id,
+      client_secret: c.secret,
+      grant_types: ['client_credentials'],
+      response_types: [],
+      redirect_uris: [],
+      token_endpoint_auth_method: 'client_secret_basic',
+    }))],
     clientDefaults: {
       grant_types: ['authorization_code'],
       response_types: ['code'],
@@ -171,6 +190,25 @@ function buildProvider(signingJwk) {
       devInteractions: { enabled: false },
       // RP-initiated logout stays available for curious users.
       rpInitiatedLogout: { enabled: true },
+      clientCredentials: { enabled: true },
+      // JWT access tokens for one API (RFC 8707 resource, RFC 9068 format).
+      resourceIndicators: {
+        enabled: true,
+        defaultResource: async (ctx, client, oneOf) => oneOf
+          || (API_CLIENTS.some((a) => a.id === client.clientId) ? API_RESOURCE : undefined),
+        useGrantedResource: async () => true,
+        getResourceServerInfo: async () => ({
+          scope: 'api:read',
+          audience: API_RESOURCE,
+          accessTokenFormat: 'jwt',
+          accessTokenTTL: 300,
+          jwt: { sign: { alg: 'RS256' } },
+        }),
+      },
+    },
+    extraTokenClaims: async (ctx, token) => {
+      const c = API_CLIENTS.find((a) => a.id === token.clientId);
+      return c && c.groups ? { groups: c.groups } : undefined;
     },
     interactions: {
       url(ctx, interaction) {
@@ -186,6 +224,7 @@ function buildProvider(signingJwk) {
       Interaction: 600,
       Session: 3600,
       Grant: 3600,
+      ClientCredentials: 300,
     },
     renderError(ctx, out) {
       ctx.type = 'html';
