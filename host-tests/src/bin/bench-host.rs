@@ -150,6 +150,52 @@ fn main() {
         &|o| assert!(o.is_continued()),
     );
 
+    // Bearer tokens (skip_jwt_bearer_tokens): first sight (RS256 verified, then cached; each
+    // run a token of its own) and a cached one.
+    let bcfg = config(json!({
+        "skip_jwt_bearer_tokens": true,
+        "extra_jwt_issuers": [format!("{ISSUER}=urn:api")],
+    }));
+    let mut bhost = b().start(&bcfg).unwrap_or_else(|e| panic!("{e}"));
+    serve_discovery_and_jwks(&mut bhost, &[key(0)]);
+    let now = bhost.now_secs();
+    let k = key(0);
+    let tokens: Vec<String> = (0..N)
+        .map(|i| {
+            let c = json!({"iss": ISSUER, "aud": "urn:api", "sub": "client-7",
+                "exp": now + 3600, "iat": now, "jti": i});
+            sign(
+                k,
+                &json!({"alg": "RS256", "typ": "at+jwt", "kid": k.kid}),
+                &c,
+            )
+        })
+        .collect();
+    let api = |t: &str| {
+        Request::get("/api/orders")
+            .header("accept", "application/json")
+            .header("authorization", &format!("Bearer {t}"))
+    };
+    let next = std::cell::Cell::new(0usize);
+    measure(
+        &mut bhost,
+        "bearer_first_sight",
+        "bearer JWT never seen: RS256 verified, cached → continue",
+        &|h| {
+            let i = next.get();
+            next.set(i + 1);
+            h.request(api(&tokens[i % tokens.len()]))
+        },
+        &|o| assert!(o.is_continued(), "{o:?}"),
+    );
+    measure(
+        &mut bhost,
+        "bearer_cached",
+        "bearer JWT seen before: from the VM's cache → continue",
+        &|h| h.request(api(&tokens[0])),
+        &|o| assert!(o.is_continued(), "{o:?}"),
+    );
+
     // Callback: the request up to the token request, then the token response (RS256 check).
     // Each run is a login of its own: a login's code is exchanged once.
     let (mut req_f, mut resp_f, mut total_f) = (Vec::new(), Vec::new(), Vec::new());
@@ -221,6 +267,20 @@ fn main() {
             format!("{}..{}", r.min, r.max),
             us,
             r.what
+        );
+    }
+    let fuel_of = |n: &str| rows.iter().find(|r| r.name == n).map_or(0, |r| r.fuel);
+    let (first, cached, authed) = (
+        fuel_of("bearer_first_sight"),
+        fuel_of("bearer_cached"),
+        fuel_of("authenticated"),
+    );
+    if cached > 0 && authed > 0 {
+        println!();
+        println!(
+            "bearer: first sight / cached = {:.1}x; cached / session cookie = {:.2}x",
+            first as f64 / cached as f64,
+            cached as f64 / authed as f64
         );
     }
     let json = json!({
