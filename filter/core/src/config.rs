@@ -9,7 +9,7 @@ use url::Url;
 
 use crate::domain::{DomainPattern, LeadingDot, Reach};
 use crate::policy::{Carry, ClaimRule, RuleOp};
-use crate::routes::{parse_skip_route, SkipRoute};
+use crate::routes::{parse_skip_route, PathMatch, RouteAction, RouteRule, SkipRoute};
 use crate::util::{b64_any_decode, parse_duration_ms, MacKey};
 
 /// Defaults, as oauth2-proxy has them where the option exists there.
@@ -217,6 +217,8 @@ pub struct Policy {
     pub claim_rules: Vec<ClaimRule>,
     /// `skip_auth_routes` and `skip_auth_regex`: these pass without a session.
     pub skip_routes: Vec<SkipRoute>,
+    /// `routes`: per-path rules, the first match decides (before `skip_routes`).
+    pub routes: Vec<RouteRule<Policy>>,
     /// `skip_jwt_bearer_tokens`: a request with `Authorization: Bearer <JWT>` is let in on the
     /// token (validated against the host's provider and `extra_jwt_issuers`) instead of a
     /// session.
@@ -304,6 +306,12 @@ impl Config {
                 _ => None,
             })
             .chain((index == 0).then_some(&self.default_policy))
+            .flat_map(|p| {
+                std::iter::once(p).chain(p.routes.iter().filter_map(|r| match &r.action {
+                    RouteAction::Allow(q) => Some(&**q),
+                    _ => None,
+                }))
+            })
     }
 
     /// What provider `index`'s sessions must carry: the groups some `allowed_groups` names
@@ -427,6 +435,7 @@ const KEYS: &[(&str, Section)] = &[
     ("claim_headers", Section::Global),
     ("extra_jwt_issuers", Section::Global),
     ("skip_jwt_bearer_tokens", Section::Policy),
+    ("routes", Section::Policy),
     ("email_domains", Section::Policy),
     ("allowed_emails", Section::Policy),
     ("allowed_groups", Section::Policy),
@@ -1104,6 +1113,8 @@ fn policy_from(f: &mut Fields, parent: Option<&Policy>) -> Policy {
     };
     let allowed_groups = match f.string_list("allowed_groups") {
         None => parent.map_or_else(Vec::new, |p| p.allowed_groups.clone()),
+        // A host or route that lifts its parent's group rule.
+        Some(list) if list.is_empty() && parent.is_some() => Vec::new(),
         Some(list) if list.is_empty() || list.iter().any(|g| g.is_empty()) => {
             f.err(
                 "allowed_groups",
@@ -1133,7 +1144,7 @@ fn policy_from(f: &mut Fields, parent: Option<&Policy>) -> Policy {
         parent.map_or_else(Vec::new, |p| p.skip_routes.clone())
     };
     let bearer = f.bool_or("skip_jwt_bearer_tokens", parent.is_some_and(|p| p.bearer));
-    Policy {
+    let mut policy = Policy {
         email_domains,
         allow_unverified_email,
         allowed_emails,
@@ -1141,7 +1152,137 @@ fn policy_from(f: &mut Fields, parent: Option<&Policy>) -> Policy {
         claim_rules,
         skip_routes,
         bearer,
+        routes: Vec::new(),
+    };
+    policy.routes = if f.present("routes") {
+        routes_from(f, &policy)
+    } else {
+        parent.map_or_else(Vec::new, |p| p.routes.clone())
+    };
+    policy
+}
+
+/// The keys of a `routes` entry besides the policy keys an `allow` entry may set.
+const ROUTE_KEYS: &[&str] = &["path", "regex", "methods", "action", "ignore_case"];
+/// Policy keys that make no sense inside a route.
+const NOT_IN_ROUTES: &[&str] = &["routes", "skip_auth_routes", "skip_auth_regex"];
+
+/// `routes`: `[{"path": "/admin/" | "regex": "^...", "methods": [...], "action": "allow" |
+/// "skip" | "deny", "ignore_case": bool, <policy keys for allow>}]`.
+fn routes_from(f: &mut Fields, base: &Policy) -> Vec<RouteRule<Policy>> {
+    let Some(Value::Array(list)) = f.map.get("routes") else {
+        f.err("routes", "must be a list of route entries");
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for (i, v) in list.iter().enumerate() {
+        let Value::Object(m) = v else {
+            f.err(&format!("routes[{i}]"), "must be an object");
+            continue;
+        };
+        let mut r = Fields::new(m, format!("{}routes[{i}].", f.prefix));
+        let policy_keys: Vec<&str> = m
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !ROUTE_KEYS.contains(k))
+            .collect();
+        for k in &policy_keys {
+            let is_policy = KEYS
+                .iter()
+                .any(|(name, s)| name == k && *s == Section::Policy);
+            if !is_policy || NOT_IN_ROUTES.contains(k) {
+                r.err(
+                    k,
+                    format!(
+                        "unknown option in a route ({}, or a policy key for an allow route)",
+                        ROUTE_KEYS.join(", ")
+                    ),
+                );
+            }
+        }
+        let ignore_case = r.bool_or("ignore_case", false);
+        let path = match (r.string("path"), r.string("regex")) {
+            (Some(p), None) => {
+                if valid_path(&p)
+                    && !p.contains(['%', ';'])
+                    && crate::routes::normalise_path(&p).as_deref() == Some(p.as_str())
+                {
+                    Some((PathMatch::Prefix(p.clone()), p))
+                } else {
+                    r.err("path", "must be a normalised path prefix such as /admin or /api/ (no //, ., .., %, ;)");
+                    None
+                }
+            }
+            (None, Some(re)) => {
+                if !re.starts_with('^') {
+                    r.err(
+                        "regex",
+                        "must start with ^ (unanchored, it matches anywhere in the path)",
+                    );
+                    None
+                } else {
+                    match regex_lite::RegexBuilder::new(&re)
+                        .case_insensitive(ignore_case)
+                        .build()
+                    {
+                        Ok(x) => Some((PathMatch::Regex(x), re)),
+                        Err(e) => {
+                            r.err("regex", format!("{e}"));
+                            None
+                        }
+                    }
+                }
+            }
+            _ => {
+                r.err("path", "exactly one of path and regex is required");
+                None
+            }
+        };
+        let methods: Vec<String> = r
+            .string_list("methods")
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| m.to_ascii_uppercase())
+            .collect();
+        if methods
+            .iter()
+            .any(|m| m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()))
+        {
+            r.err("methods", "must list HTTP methods such as GET, POST");
+        }
+        let action = match r.string("action").as_deref() {
+            None | Some("allow") => Some(RouteAction::Allow(Box::new(policy_from(
+                &mut r,
+                Some(base),
+            )))),
+            Some(a @ ("skip" | "deny")) => {
+                for k in &policy_keys {
+                    r.err(k, format!("has no effect with \"action\": \"{a}\""));
+                }
+                Some(if a == "skip" {
+                    RouteAction::Skip
+                } else {
+                    RouteAction::Deny
+                })
+            }
+            Some(_) => {
+                r.err("action", "must be allow, skip or deny");
+                None
+            }
+        };
+        let ok = r.errors.is_empty();
+        f.errors.append(&mut r.errors);
+        if let (true, Some((path, source)), Some(action)) = (ok, path, action) {
+            out.push(RouteRule {
+                methods,
+                path,
+                ignore_case,
+                action,
+                source,
+            });
+        }
     }
+    out
 }
 
 /// A claim name, or a dotted path into nested claims (`realm_access.roles`).

@@ -17,6 +17,7 @@ use crate::idp::IdpState;
 use crate::oidc::{self, Expected, IdTokenError, Identity, KeySet, Provider};
 use crate::reason::Reason;
 use crate::redirect::validate_return_url;
+use crate::routes::{RouteAction, RouteMatch};
 use crate::session::{
     code_challenge, derive_nonce, derive_verifier, flow_cookie_name, LoginFlow, Session,
     FLOW_ID_LEN, MAX_CLAIM_LEN,
@@ -313,6 +314,36 @@ pub fn on_request(
             &here, req, random, target,
         ));
     }
+    // `routes`: the first entry for this method and path decides: refused, passed without a
+    // session, or this entry's policy instead of the host's. Not for our own endpoints.
+    let (policy, here) =
+        if path == cfg.auth_path {
+            (policy, here)
+        } else {
+            match crate::routes::route_for(&policy.routes, &req.method, &req.path) {
+                RouteMatch::None => (policy, here),
+                RouteMatch::Ambiguous => return Decision::Reply(error_reply(
+                    Reason::PathAmbiguous,
+                    Some(
+                        "path with ;, \\, an encoded / or .. above the root, on a host with routes"
+                            .into(),
+                    ),
+                )),
+                RouteMatch::Rule(r) => match &r.action {
+                    RouteAction::Deny => {
+                        return Decision::Reply(error_reply(
+                            Reason::RouteDenied,
+                            Some(format!("route {}", r.source)),
+                        ))
+                    }
+                    RouteAction::Skip => return Decision::Continue(forward(cfg, req, None)),
+                    RouteAction::Allow(p) => match ctx.here(index, p) {
+                        Some(h) => (&**p, h),
+                        None => return Decision::Reply(error_reply(Reason::InternalError, None)),
+                    },
+                },
+            }
+        };
     // oauth2-proxy's --skip-auth-preflight: CORS preflights carry no cookies. They pass
     // without an identity (and without any identity header a client put on them).
     if cfg.skip_auth_preflight && is_cors_preflight(req) {
@@ -1130,9 +1161,23 @@ pub fn on_token_response(
         ));
     }
     // The rules the session will meet on every request, checked once here too: a user who
-    // may not pass gets the reason now, with no session.
+    // may not pass gets the reason now, with no session. A user the host refuses but the
+    // route of the return URL allows (a `routes` entry wider than its host) gets the session.
     if let Err(reason) = crate::policy::check(policy, &session) {
-        return fail(denied(reason));
+        let route = pending
+            .return_url
+            .starts_with('/')
+            .then(|| crate::routes::route_for(&policy.routes, "GET", &pending.return_url));
+        let by_route = match route {
+            Some(RouteMatch::Rule(r)) => match &r.action {
+                RouteAction::Allow(p) => crate::policy::check(p, &session).is_ok(),
+                _ => false,
+            },
+            _ => false,
+        };
+        if !by_route {
+            return fail(denied(reason));
+        }
     }
     let name = &here.p.cookie_name;
     let Some(value) = session.encode(key, &here.p.scope(name)) else {

@@ -78,6 +78,11 @@ reasons! {
     BearerInvalid = "bearer_invalid", 401, Info;
     /// A bearer token names a key its issuer's JWKS lacks; the keys are being refetched.
     BearerKeyUnknown = "bearer_key_unknown", 503, Info;
+    /// A `routes` entry with `"action": "deny"` matches.
+    RouteDenied = "route_denied", 403, Info;
+    /// The path's meaning is ambiguous (`;`, `\`, an encoded `/`, `..` above the root) on a
+    /// host whose `routes` could refuse or narrow it.
+    PathAmbiguous = "path_ambiguous", 400, Info;
     /// The request's host matches no `hosts` entry and `unmatched_hosts` is `deny`.
     HostNotConfigured = "host_not_configured", 403, Info;
     /// The host's shared data (where spent logins are kept) failed.

@@ -131,6 +131,105 @@ pub fn skips(routes: &[SkipRoute], method: &str, path: &str) -> bool {
     })
 }
 
+/// How a `routes` entry matches the path.
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    /// `path`: ending in `/`, any path under it; else that path exactly or under it as a
+    /// directory (`/admin` matches `/admin` and `/admin/x`, not `/administrator`).
+    Prefix(String),
+    /// `regex`, anchored with `^`.
+    Regex(Regex),
+}
+
+/// What a `routes` entry does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteAction<P> {
+    /// Sign-in as for the host, then this policy (the host's, with the entry's keys).
+    Allow(Box<P>),
+    /// Pass without a session and without identity (as `skip_auth_routes`).
+    Skip,
+    /// Refused for everyone: `403 route_denied`.
+    Deny,
+}
+
+/// One `routes` entry: methods and a path → an action.
+#[derive(Debug, Clone)]
+pub struct RouteRule<P> {
+    /// Upper case; empty: any method.
+    pub methods: Vec<String>,
+    pub path: PathMatch,
+    /// Compare the path case-insensitively (for upstreams that do).
+    pub ignore_case: bool,
+    pub action: RouteAction<P>,
+    /// The entry's `path` or `regex` as configured, for equality.
+    pub source: String,
+}
+
+impl<P: PartialEq> PartialEq for RouteRule<P> {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+            && self.methods == other.methods
+            && self.ignore_case == other.ignore_case
+            && self.action == other.action
+    }
+}
+
+impl<P: Eq> Eq for RouteRule<P> {}
+
+impl<P> RouteRule<P> {
+    /// Whether this entry takes `method` on `path` (normalised, hence ASCII). With
+    /// `ignore_case`, a regex is compiled case-insensitive and a prefix compared so.
+    fn matches(&self, method: &str, path: &str) -> bool {
+        if !self.methods.is_empty() && !self.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
+        {
+            return false;
+        }
+        let starts = |p: &str| match path.get(..p.len()) {
+            Some(head) if self.ignore_case => head.eq_ignore_ascii_case(p),
+            Some(head) => head == p,
+            None => false,
+        };
+        match &self.path {
+            PathMatch::Prefix(p) if p.ends_with('/') => starts(p),
+            PathMatch::Prefix(p) => {
+                starts(p) && (path.len() == p.len() || path.as_bytes().get(p.len()) == Some(&b'/'))
+            }
+            PathMatch::Regex(r) => r.is_match(path),
+        }
+    }
+}
+
+/// What `routes` say of a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RouteMatch<'a, P> {
+    /// The first entry that matches.
+    Rule(&'a RouteRule<P>),
+    /// None matches: the host's policy applies.
+    None,
+    /// The path's meaning is ambiguous (see `normalise_path`) and an entry could refuse or
+    /// narrow it: the request is refused rather than guessed at.
+    Ambiguous,
+}
+
+/// The first of `routes` that takes `method` on `path` (as sent), matched on the normalised
+/// path.
+pub fn route_for<'a, P>(routes: &'a [RouteRule<P>], method: &str, path: &str) -> RouteMatch<'a, P> {
+    if routes.is_empty() {
+        return RouteMatch::None;
+    }
+    let Some(p) = normalise_path(path) else {
+        return if routes.iter().all(|r| matches!(r.action, RouteAction::Skip)) {
+            RouteMatch::None
+        } else {
+            RouteMatch::Ambiguous
+        };
+    };
+    routes
+        .iter()
+        .find(|r| r.matches(method, &p))
+        .map_or(RouteMatch::None, RouteMatch::Rule)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
