@@ -191,3 +191,38 @@ fn bearer_tokens_pass_are_refused_per_rfc6750_and_are_cached() {
         Some("Bearer realm=\"oidc-filter\", error=\"insufficient_scope\"")
     );
 }
+
+#[test]
+fn routes_deny_skip_and_narrow_through_the_wasm() {
+    let mut host = ready_host(json!({"routes": [
+        {"path": "/admin/", "allowed_groups": ["admins"]},
+        {"path": "/blocked", "action": "deny"},
+        {"path": "/metrics", "methods": ["GET"], "action": "skip"},
+    ]}));
+    let r = login_claims(&mut host, json!({"groups": ["staff"]}));
+    let cookie = session_of(&r);
+    host.request(api("/x").cookie(COOKIE, &cookie))
+        .expect_continued();
+    assert_reply(
+        host.request(api("/admin/users").cookie(COOKIE, &cookie)),
+        403,
+        "group_not_allowed",
+    );
+    for p in ["/blocked", "//blocked/x", "/metrics/../blocked"] {
+        assert_reply(
+            host.request(api(p).cookie(COOKIE, &cookie)),
+            403,
+            "route_denied",
+        );
+    }
+    assert_reply(host.request(api("/blocked;x")), 400, "path_ambiguous");
+    let up = host
+        .request(api("/metrics").header("x-forwarded-user", "root"))
+        .expect_continued();
+    assert!(up.get("x-forwarded-user").is_none());
+    assert_eq!(
+        host.request(Request::post("/metrics").header("accept", "application/json"))
+            .status(),
+        Some(401)
+    );
+}
