@@ -99,6 +99,39 @@ fuzz_target!(|data: &[u8]| {
             Some((p.idp.cluster.clone(), p.idp.authority.clone()))
         );
     }
+    // Every extra JWT issuer has its keys somewhere: a provider of the same issuer, or a
+    // fetch source of its own; an audience; accepted algorithms only.
+    let sources: Vec<&str> = c.sources().map(|s| s.issuer.as_str()).collect();
+    for j in &c.jwt_issuers {
+        assert_eq!(sources.get(j.fetch).copied(), Some(j.source.issuer.as_str()), "{j:?}");
+        assert!(!j.audiences.is_empty() && j.audiences.iter().all(|a| !a.is_empty()));
+        assert!(j
+            .algorithms
+            .iter()
+            .all(|a| oidc_filter_core::oidc::ACCEPTED_ALGS.contains(&a.as_str())));
+    }
+    // Route patterns are anchored; prefixes are normalised paths.
+    let policies = c
+        .hosts
+        .iter()
+        .map(|h| &h.site)
+        .chain([&c.default_site])
+        .filter_map(|s| match s {
+            Site::Protect { policy, .. } => Some(policy),
+            _ => None,
+        })
+        .chain([&c.default_policy]);
+    for p in policies {
+        for r in &p.routes {
+            match &r.path {
+                oidc_filter_core::routes::PathMatch::Regex(_) => assert!(r.source.starts_with('^')),
+                oidc_filter_core::routes::PathMatch::Prefix(x) => assert_eq!(
+                    oidc_filter_core::routes::normalise_path(x).as_deref(),
+                    Some(x.as_str())
+                ),
+            }
+        }
+    }
     let _ = format!("{c:?}");
     // Deterministic: the same bytes give the same verdict.
     assert!(Config::parse(data, &env).is_ok());
