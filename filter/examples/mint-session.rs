@@ -78,6 +78,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         ],
         groups: vec![],
         attrs: vec![],
+        tokens: None,
     };
     let session_value = session
         .encode(key, &p.scope(name))

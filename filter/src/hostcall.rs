@@ -9,6 +9,7 @@
 
 /// `proxy_get_header_map_pairs` and friends: which map.
 pub const REQUEST_HEADERS: u32 = 0;
+pub const RESPONSE_HEADERS: u32 = 2;
 pub const CALLOUT_RESPONSE_HEADERS: u32 = 6;
 /// `proxy_get_buffer_bytes`: which buffer.
 pub const CALLOUT_RESPONSE_BODY: u32 = 4;
@@ -56,6 +57,7 @@ extern "C" {
     ) -> u32;
     fn proxy_get_current_time_nanoseconds(time: *mut u64) -> u32;
     fn proxy_set_effective_context(context_id: u32) -> u32;
+    fn proxy_continue_stream(stream: u32) -> u32;
     fn proxy_get_shared_data(
         key: *const u8,
         key_size: usize,
@@ -70,6 +72,12 @@ extern "C" {
         value_size: usize,
         cas: u32,
     ) -> u32;
+}
+
+/// Lets the current request, paused, go on upstream.
+pub fn resume_request() -> Result<(), u32> {
+    // SAFETY: no memory is passed; 0 is the request stream.
+    status(unsafe { proxy_continue_stream(0) })
 }
 
 /// Makes later host calls act on `context_id` (a request's context, from the root).

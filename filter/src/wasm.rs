@@ -20,9 +20,10 @@ use oidc_filter_core::flow::{self, Callout, HeaderOp, LocalReply};
 use oidc_filter_core::headermap;
 use oidc_filter_core::http::Request;
 use oidc_filter_core::reason::{Level, Reason};
+use oidc_filter_core::refresh::{self, Record, Slot};
 use oidc_filter_core::replay;
 
-use crate::hostcall::{self, REQUEST_HEADERS};
+use crate::hostcall::{self, REQUEST_HEADERS, RESPONSE_HEADERS};
 
 /// Bodies from the provider larger than this are refused unread.
 const MAX_IDP_BODY: usize = 1 << 20;
@@ -243,16 +244,18 @@ impl RootContext for Root {
             log(LogLevel::Error, "oidc-filter: cannot set the tick period");
             return false;
         }
-        // The host inserts a missing key whatever the CAS token: create the list of spent
-        // logins before any request, so that every claim is a real CAS.
-        match hostcall::shared_data(SPENT_LOGINS_KEY) {
-            Ok((_, 0)) => {
-                let _ = hostcall::set_shared_data(SPENT_LOGINS_KEY, &[], 0);
-            }
-            Ok(_) => {}
-            Err(_) => {
-                log(LogLevel::Error, "oidc-filter: the host has no shared data");
-                return false;
+        // The host inserts a missing key whatever the CAS token: create the lists of spent
+        // logins and of refreshes before any request, so that every claim is a real CAS.
+        for key in [SPENT_LOGINS_KEY, REFRESHES_KEY] {
+            match hostcall::shared_data(key) {
+                Ok((_, 0)) => {
+                    let _ = hostcall::set_shared_data(key, &[], 0);
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    log(LogLevel::Error, "oidc-filter: the host has no shared data");
+                    return false;
+                }
             }
         }
         self.pump();
@@ -267,6 +270,7 @@ impl RootContext for Root {
         Some(Box::new(Filter {
             shared: self.shared.clone(),
             stream: Stream::new(context_id),
+            response_cookies: Vec::new(),
         }))
     }
 
@@ -278,6 +282,8 @@ impl RootContext for Root {
 struct Filter {
     shared: Rc<RefCell<Shared>>,
     stream: Stream,
+    /// `Set-Cookie` lines for the response (a refreshed session, a new last-seen mark).
+    response_cookies: Vec<String>,
 }
 
 /// Logs a local reply (never its body or cookies) and sends it on the effective context.
@@ -331,6 +337,12 @@ impl Filter {
                             return Action::Pause;
                         }
                     }
+                    if let Some(line) = &fwd.log {
+                        if enabled(level, LogLevel::Info) {
+                            log(LogLevel::Info, &format!("oidc-filter: {line}"));
+                        }
+                    }
+                    self.response_cookies = fwd.set_cookies;
                     return Action::Continue;
                 }
                 Step::Reply(r) => {
@@ -340,6 +352,20 @@ impl Filter {
                 Step::Claim(claim) => self.stream.handle_claim(claim_login(&claim, now)),
                 Step::Dispatch(callout) => self.stream.handle_dispatch(dispatch(&callout)),
                 Step::Wait => return Action::Pause,
+                Step::RefreshSlot { id, until } => {
+                    let slot = refresh_slot(&id, now, until);
+                    let mut shared = self.shared.borrow_mut();
+                    let Some(engine) = shared.engine.as_mut() else {
+                        return Action::Continue;
+                    };
+                    self.stream.handle_slot(engine, slot, now)
+                }
+                Step::Publish { id, record, then } => {
+                    if publish_refresh(&id, &record, now).is_err() {
+                        log(LogLevel::Warn, "oidc-filter: cannot record a refresh");
+                    }
+                    *then
+                }
             }
         }
     }
@@ -368,8 +394,18 @@ impl Context for Filter {
             };
             self.stream.handle_callout(engine, token, resp, now)
         };
-        if let Some(step) = step {
-            self.run(step, &[], now);
+        let Some(step) = step else { return };
+        // A refreshed request goes on: its headers are rewritten as on arrival (our cookies
+        // out of `Cookie` too), then it resumes.
+        let map = hostcall::header_map(REQUEST_HEADERS).unwrap_or_default();
+        let raw = headermap::parse(&map).unwrap_or_default();
+        if let Action::Continue = self.run(step, &raw, now) {
+            if hostcall::resume_request().is_err() {
+                log(
+                    LogLevel::Warn,
+                    "oidc-filter: cannot resume a refreshed request",
+                );
+            }
         }
     }
 
@@ -418,6 +454,18 @@ impl HttpContext for Filter {
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         self.hold()
     }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        for c in std::mem::take(&mut self.response_cookies) {
+            if hostcall::add_header(RESPONSE_HEADERS, b"set-cookie", c.as_bytes()).is_err() {
+                log(
+                    LogLevel::Warn,
+                    "oidc-filter: cannot set a session cookie on the response",
+                );
+            }
+        }
+        Action::Continue
+    }
 }
 
 impl Filter {
@@ -443,6 +491,40 @@ fn claim_login(claim: &flow::LoginClaim, now: u64) -> Result<bool, ()> {
         };
         match hostcall::set_shared_data(SPENT_LOGINS_KEY, &next, cas) {
             Ok(()) => return Ok(true),
+            Err(hostcall::CAS_MISMATCH) => continue,
+            Err(_) => return Err(()),
+        }
+    }
+    Err(())
+}
+
+/// Where refreshes in flight and their outcomes are kept (see `refresh`).
+const REFRESHES_KEY: &str = "oidc-filter.refreshes.v1";
+
+/// Looks up refresh `id`, claiming it when there is no live record (compare-and-swap).
+fn refresh_slot(id: &str, now: u64, until: u64) -> Result<Slot, ()> {
+    for _ in 0..16 {
+        let (list, cas) = hostcall::shared_data(REFRESHES_KEY).map_err(|_| ())?;
+        let next = match refresh::claim(&list, id, now, until) {
+            Ok(next) => next,
+            Err(slot) => return Ok(slot),
+        };
+        match hostcall::set_shared_data(REFRESHES_KEY, &next, cas) {
+            Ok(()) => return Ok(Slot::Mine),
+            Err(hostcall::CAS_MISMATCH) => continue,
+            Err(_) => return Err(()),
+        }
+    }
+    Err(())
+}
+
+/// Stores refresh `id`'s outcome (compare-and-swap).
+fn publish_refresh(id: &str, record: &Record, now: u64) -> Result<(), ()> {
+    for _ in 0..16 {
+        let (list, cas) = hostcall::shared_data(REFRESHES_KEY).map_err(|_| ())?;
+        let next = refresh::publish(&list, id, record, now);
+        match hostcall::set_shared_data(REFRESHES_KEY, &next, cas) {
+            Ok(()) => return Ok(()),
             Err(hostcall::CAS_MISMATCH) => continue,
             Err(_) => return Err(()),
         }

@@ -296,6 +296,7 @@ pub fn authenticate(
         }),
         groups,
         attrs,
+        tokens: None,
     };
     if session.sub().is_empty() {
         return Err(invalid_token(

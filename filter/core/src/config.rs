@@ -73,16 +73,39 @@ pub struct KeySet {
     pub session: MacKey,
     pub flow: MacKey,
     pub derive: MacKey,
+    /// Format-3 sessions (tokens inside): the XChaCha20-Poly1305 key, and the MAC key of
+    /// their synthetic nonces.
+    pub seal: SealKey,
+    pub siv: MacKey,
+}
+
+/// An AEAD key that never prints.
+#[derive(Clone)]
+pub struct SealKey(chacha20poly1305::Key);
+
+impl SealKey {
+    pub fn as_key(&self) -> &chacha20poly1305::Key {
+        &self.0
+    }
+}
+
+impl core::fmt::Debug for SealKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("SealKey(<redacted>)")
+    }
 }
 
 impl KeySet {
     fn from_material(material: &[u8]) -> Option<Self> {
         let root = MacKey::new(material)?;
-        let sub = |label: &[u8]| MacKey::new(&root.mac(&[b"oidc-filter/v1/", label]));
+        let label = |l: &[u8]| root.mac(&[b"oidc-filter/v1/", l]);
+        let sub = |l: &[u8]| MacKey::new(&label(l));
         Some(KeySet {
             session: sub(b"session")?,
             flow: sub(b"flow")?,
             derive: sub(b"derive")?,
+            seal: SealKey(label(b"seal").into()),
+            siv: sub(b"siv")?,
         })
     }
 }
@@ -117,7 +140,12 @@ pub struct CookieConfig {
     pub name: String,
     pub domains: Vec<DomainPattern>,
     pub path: String,
+    /// `cookie_expire`: a session's absolute lifetime from its login (a refresh keeps it).
     pub expire_secs: u64,
+    /// `cookie_refresh`: refresh a session's tokens once they are this old (0: never).
+    pub refresh_secs: u64,
+    /// `session_idle_timeout`: a session unused for this long is refused (0: never).
+    pub idle_secs: u64,
     pub secure: bool,
     pub httponly: bool,
     pub samesite: SameSite,
@@ -272,6 +300,18 @@ pub struct Config {
     pub pass_groups: bool,
     /// `claim_headers`: (header, lower case; claim path) set upstream from the session.
     pub claim_headers: Vec<(String, String)>,
+    /// `pass_access_token`: `X-Forwarded-Access-Token` upstream (and
+    /// `X-Auth-Request-Access-Token` in `/oauth2/auth` replies with `set_xauthrequest`).
+    pub pass_access_token: bool,
+    /// `pass_authorization_header`: `Authorization: Bearer <ID token>` upstream.
+    pub pass_authorization_header: bool,
+    /// `set_authorization_header`: the same in `/oauth2/auth` replies.
+    pub set_authorization_header: bool,
+    /// `end_session`: sign-out also ends the provider's session (RP-Initiated Logout 1.0)
+    /// when its metadata has an `end_session_endpoint`.
+    pub end_session: bool,
+    /// Which tokens sessions keep (empty: none, and the cookie stays format 2).
+    pub keep: Keep,
     /// `extra_jwt_issuers` (see `JwtIssuer::fetch` for where their keys are kept).
     pub jwt_issuers: Vec<JwtIssuer>,
 }
@@ -364,11 +404,29 @@ impl Config {
         self.sources().nth(fetch)
     }
 
-    /// Whether `name` is a session cookie of one of our providers.
+    /// Whether `name` is a session cookie of one of our providers, or one of its chunks.
     pub fn is_session_cookie(&self, name: &[u8]) -> bool {
-        self.providers
-            .iter()
-            .any(|p| p.cookie_name.as_bytes() == name)
+        self.providers.iter().any(|p| {
+            p.cookie_name.as_bytes() == name
+                || crate::session::is_chunk_of(p.cookie_name.as_bytes(), name)
+        })
+    }
+}
+
+/// The tokens a session keeps, from what the config uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Keep {
+    pub id_token: bool,
+    pub access_token: bool,
+    pub refresh_token: bool,
+    /// The refresh and last-seen marks (`cookie_refresh`, `session_idle_timeout`).
+    pub marks: bool,
+}
+
+impl Keep {
+    /// Whether sessions are format 3 (sealed, with `session::Tokens`).
+    pub fn any(self) -> bool {
+        self.id_token || self.access_token || self.refresh_token || self.marks
     }
 }
 
@@ -404,6 +462,8 @@ const KEYS: &[(&str, Section)] = &[
     ("cookie_domains", Section::Global),
     ("cookie_path", Section::Global),
     ("cookie_expire", Section::Global),
+    ("cookie_refresh", Section::Global),
+    ("session_idle_timeout", Section::Global),
     ("cookie_secure", Section::Global),
     ("cookie_httponly", Section::Global),
     ("cookie_samesite", Section::Global),
@@ -434,6 +494,10 @@ const KEYS: &[(&str, Section)] = &[
     ("pass_groups", Section::Global),
     ("claim_headers", Section::Global),
     ("extra_jwt_issuers", Section::Global),
+    ("pass_access_token", Section::Global),
+    ("pass_authorization_header", Section::Global),
+    ("set_authorization_header", Section::Global),
+    ("end_session", Section::Global),
     ("skip_jwt_bearer_tokens", Section::Policy),
     ("routes", Section::Policy),
     ("email_domains", Section::Policy),
@@ -757,6 +821,16 @@ impl Config {
         let pass_user_headers = f.bool_or("pass_user_headers", true);
         let skip_auth_preflight = f.bool_or("skip_auth_preflight", false);
         let pass_groups = f.bool_or("pass_groups", false);
+        let pass_access_token = f.bool_or("pass_access_token", false);
+        let pass_authorization_header = f.bool_or("pass_authorization_header", false);
+        let set_authorization_header = f.bool_or("set_authorization_header", false);
+        let end_session = f.bool_or("end_session", false);
+        let keep = Keep {
+            id_token: pass_authorization_header || set_authorization_header || end_session,
+            access_token: pass_access_token,
+            refresh_token: cookie.refresh_secs > 0,
+            marks: cookie.idle_secs > 0 || cookie.refresh_secs > 0,
+        };
         let claim_headers = claim_headers_from(&mut f);
         let default_policy = policy_from(&mut f, None);
 
@@ -887,6 +961,11 @@ impl Config {
         match (all.is_empty(), redirect_url, keys) {
             (true, Some(redirect_url), Some(keys)) => Ok(Config {
                 jwt_issuers,
+                pass_access_token,
+                pass_authorization_header,
+                set_authorization_header,
+                end_session,
+                keep,
                 pass_groups,
                 claim_headers,
                 sign_out_path: format!("{prefix}/sign_out"),
@@ -989,6 +1068,20 @@ fn cookie_from(f: &mut Fields) -> CookieConfig {
         f.err("cookie_path", "must be a path starting with /");
     }
     let expire_ms = f.duration_ms("cookie_expire", DEFAULT_COOKIE_EXPIRE, 60_000);
+    let refresh_ms = f.duration_ms("cookie_refresh", "0", 0);
+    if refresh_ms != 0 && refresh_ms < 1000 {
+        f.err("cookie_refresh", "must be 0 (off) or at least 1s");
+    }
+    if refresh_ms >= expire_ms {
+        f.err(
+            "cookie_refresh",
+            "must be shorter than cookie_expire (a session cannot outlive cookie_expire)",
+        );
+    }
+    let idle_ms = f.duration_ms("session_idle_timeout", "0", 0);
+    if idle_ms != 0 && idle_ms < 1000 {
+        f.err("session_idle_timeout", "must be 0 (off) or at least 1s");
+    }
     let secure = f.bool_or("cookie_secure", true);
     let httponly = f.bool_or("cookie_httponly", true);
     let samesite = match f
@@ -1045,6 +1138,8 @@ fn cookie_from(f: &mut Fields) -> CookieConfig {
         domains,
         path,
         expire_secs: expire_ms / 1000,
+        refresh_secs: refresh_ms / 1000,
+        idle_secs: idle_ms / 1000,
         secure,
         httponly,
         samesite,

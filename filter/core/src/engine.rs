@@ -28,6 +28,8 @@ use crate::flow::{
 use crate::http::Request;
 use crate::idp::{FetchKind, IdpState, UnknownKid, KEY_WAIT_SECS};
 use crate::reason::{Level, Reason};
+use crate::refresh::{Pass, Plan, Record, Slot};
+use flow::Refreshed;
 
 /// Logins that may wait for keys at once, per VM; more are answered 503 with Retry-After.
 pub const MAX_KEY_WAITERS: usize = 256;
@@ -331,6 +333,15 @@ pub enum Step {
     Dispatch(Callout),
     /// Keep the request paused; a callout response or the engine answers it.
     Wait,
+    /// Look up (and claim, if there is none) refresh `id`'s record in the VMs' shared data
+    /// until `until` (see `refresh::claim`), then call `handle_slot` with what it says.
+    RefreshSlot { id: String, until: u64 },
+    /// Store `record` as refresh `id`'s outcome (`refresh::publish`), then carry out `then`.
+    Publish {
+        id: String,
+        record: Record,
+        then: Box<Step>,
+    },
 }
 
 enum State {
@@ -349,6 +360,17 @@ enum State {
     },
     /// In the engine's key waiters: the engine answers it.
     AwaitingKeys,
+    /// A due refresh, before its record is looked up.
+    AwaitingSlot {
+        plan: Box<Plan>,
+    },
+    AwaitingRefreshDispatch {
+        plan: Box<Plan>,
+    },
+    AwaitingRefresh {
+        token: u32,
+        plan: Box<Plan>,
+    },
     /// Gone on upstream: body and trailers follow it.
     Forwarded,
     /// Answered, or the client left.
@@ -408,6 +430,82 @@ impl Stream {
                 };
                 Step::Claim(claim)
             }
+            Decision::Refresh(plan) => {
+                let until = now
+                    .saturating_add(plan.callout.timeout_ms / 1000)
+                    .saturating_add(5);
+                let id = plan.id.clone();
+                self.state = State::AwaitingSlot { plan };
+                Step::RefreshSlot { id, until }
+            }
+        }
+    }
+
+    fn pass(&mut self, p: Pass) -> Step {
+        match p {
+            Pass::Forward(f) => {
+                self.state = State::Forwarded;
+                Step::Forward(f)
+            }
+            Pass::Reply(r) => self.reply(r),
+        }
+    }
+
+    /// The request goes on as it is (the refresh failed, or another one is under way).
+    fn fall_back(&mut self, plan: Plan, why: Option<String>) -> Step {
+        let mut p = plan.fallback;
+        if let Some(why) = why {
+            let line = format!("refresh failed ({why}); the session goes on");
+            match &mut p {
+                Pass::Forward(f) => f.log = Some(line),
+                Pass::Reply(r) => r.detail = Some(line),
+            }
+        }
+        self.pass(p)
+    }
+
+    /// What refresh `plan.id`'s shared record said (`Err`: the shared data failed).
+    pub fn handle_slot(&mut self, engine: &mut Engine, slot: Result<Slot, ()>, now: u64) -> Step {
+        let State::AwaitingSlot { plan } = std::mem::replace(&mut self.state, State::Done) else {
+            return self.reply(flow::error_reply(Reason::InternalError, None));
+        };
+        match slot {
+            Ok(Slot::Mine) => {
+                let callout = plan.callout.clone();
+                self.state = State::AwaitingRefreshDispatch { plan };
+                Step::Dispatch(callout)
+            }
+            Ok(Slot::Done(values)) => {
+                match flow::adopt_refreshed(&engine.ctx(now), &plan.pending, &values) {
+                    Some(p) => self.pass(p),
+                    None => self.fall_back(*plan, None),
+                }
+            }
+            Ok(Slot::Revoked) => {
+                let mut r = plan.relogin;
+                r.detail = Some("refresh refused moments ago: a new login".into());
+                self.reply(r)
+            }
+            Ok(Slot::InFlight | Slot::Failed) => self.fall_back(*plan, None),
+            Err(()) => self.fall_back(*plan, Some("shared data unavailable".into())),
+        }
+    }
+
+    fn refreshed(&mut self, plan: Plan, outcome: Refreshed) -> Step {
+        let id = plan.id.clone();
+        let (record, then) = match outcome {
+            Refreshed::Done(values, pass) => (Record::Done(values), self.pass(pass)),
+            Refreshed::Revoked(why) => {
+                let mut r = plan.relogin;
+                r.detail = Some(format!("refresh refused ({why}): a new login"));
+                (Record::Revoked, self.reply(r))
+            }
+            Refreshed::Failed(why) => (Record::Failed, self.fall_back(plan, Some(why))),
+        };
+        Step::Publish {
+            id,
+            record,
+            then: Box::new(then),
         }
     }
 
@@ -437,6 +535,13 @@ impl Stream {
     /// The callout of `Step::Dispatch` was sent (`Ok(token)`) or not.
     pub fn handle_dispatch(&mut self, sent: Result<u32, String>) -> Step {
         match std::mem::replace(&mut self.state, State::Done) {
+            State::AwaitingRefreshDispatch { plan } => match sent {
+                Ok(token) => {
+                    self.state = State::AwaitingRefresh { token, plan };
+                    Step::Wait
+                }
+                Err(e) => self.refreshed(*plan, Refreshed::Failed(e)),
+            },
             State::AwaitingDispatch { pending } => match sent {
                 Ok(token) => {
                     self.state = State::AwaitingToken { token, pending };
@@ -458,6 +563,19 @@ impl Stream {
         now: u64,
     ) -> Option<Step> {
         match std::mem::replace(&mut self.state, State::Done) {
+            State::AwaitingRefresh { token: t, plan } if t == token => {
+                let outcome = if resp.too_large {
+                    Refreshed::Failed("token response too large".into())
+                } else {
+                    flow::on_refresh_response(
+                        &engine.ctx(now),
+                        &plan.pending,
+                        resp.status,
+                        &resp.body,
+                    )
+                };
+                Some(self.refreshed(*plan, outcome))
+            }
             State::AwaitingToken { token: t, .. } if t == token && resp.too_large => {
                 Some(self.reply(flow::error_reply(
                     Reason::TokenResponseInvalid,

@@ -19,7 +19,7 @@ use crate::reason::Reason;
 use crate::redirect::validate_return_url;
 use crate::routes::{RouteAction, RouteMatch};
 use crate::session::{
-    code_challenge, derive_nonce, derive_verifier, flow_cookie_name, LoginFlow, Session,
+    code_challenge, derive_nonce, derive_verifier, flow_cookie_name, LoginFlow, Session, Tokens,
     FLOW_ID_LEN, MAX_CLAIM_LEN,
 };
 use crate::util::{b64_std, b64url};
@@ -58,6 +58,10 @@ pub struct Forward {
     pub remove: Vec<Cow<'static, str>>,
     /// Headers to set, replacing any of the same name.
     pub set: Vec<(Cow<'static, str>, String)>,
+    /// `Set-Cookie` lines for the response (a refreshed session, or a new last-seen mark).
+    pub set_cookies: Vec<String>,
+    /// A line to log (a refresh), without secrets.
+    pub log: Option<String>,
 }
 
 /// One change to the request header map, as the proxy-wasm ABI makes it.
@@ -134,6 +138,9 @@ pub struct PendingLogin {
     pub return_url: String,
     pub flow_cookie: String,
     pub host: String,
+    /// Chunk cookies of the session the callback request carried (`name_1` …): those the new
+    /// session does not use are cleared.
+    pub chunks_present: Vec<String>,
 }
 
 // One Decision per request, made and moved once: its size does not matter.
@@ -151,6 +158,8 @@ pub enum Decision {
         claim: LoginClaim,
         replayed: LocalReply,
     },
+    /// The session is due for a refresh (`cookie_refresh`): see `refresh`.
+    Refresh(Box<crate::refresh::Plan>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -367,7 +376,13 @@ pub fn on_request(
         },
         None => current_session(&here, req),
     };
-    if path == cfg.auth_path {
+    let auth = path == cfg.auth_path;
+    if let (None, SessionState::Valid(s)) = (bearer, &session) {
+        if let Some(d) = keep_session(&here, req, s, auth, policy.bearer, random) {
+            return d;
+        }
+    }
+    if auth {
         return Decision::Reply(auth_endpoint(cfg, req, session, policy.bearer));
     }
     match session {
@@ -563,6 +578,8 @@ pub fn is_navigation(req: &Request) -> bool {
 }
 
 /// What a request's cookies say.
+// One per request, made and moved once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum SessionState {
     Valid(Session),
     /// A session of ours that the host's policy refuses (as configured now): why.
@@ -578,10 +595,27 @@ fn current_session(here: &Here<'_>, req: &Request) -> SessionState {
     let name = &here.p.cookie_name;
     let scope = here.p.scope(name);
     let mut denied = None;
+    let chunk = |i: usize| {
+        let n = crate::session::chunk_name(name, i);
+        req.cookies().find(|(k, _)| *k == n).map(|(_, v)| v)
+    };
     for (_, v) in req.cookies().filter(|(k, _)| k == name) {
-        let Ok(s) = Session::verify(&cfg.keys, &scope, v, here.now, cfg.cookie.expire_secs) else {
+        let Ok(s) = Session::verify_cookies(
+            &cfg.keys,
+            &scope,
+            v,
+            &chunk,
+            here.now,
+            cfg.cookie.expire_secs,
+        ) else {
             continue;
         };
+        // session_idle_timeout: unused for that long, it is over (a session from before the
+        // timeout was configured counts from its login).
+        let idle = cfg.cookie.idle_secs;
+        if idle > 0 && here.now >= seen_at(&s).saturating_add(idle) {
+            continue;
+        }
         match crate::policy::check(here.policy, &s) {
             Ok(()) => return SessionState::Valid(s),
             Err(r) => denied = denied.or(Some(r)),
@@ -640,6 +674,33 @@ fn identity_headers(
             out.push((Cow::Owned(header.clone()), values.join(",")));
         }
     }
+    if let Some(t) = &s.tokens {
+        if cfg.pass_access_token && !t.access_token.is_empty() {
+            if cfg.pass_user_headers && for_upstream {
+                out.push((
+                    Cow::Borrowed("x-forwarded-access-token"),
+                    t.access_token.clone(),
+                ));
+            }
+            if cfg.set_xauthrequest || !for_upstream {
+                out.push((
+                    Cow::Borrowed("x-auth-request-access-token"),
+                    t.access_token.clone(),
+                ));
+            }
+        }
+        let bearer = if for_upstream {
+            cfg.pass_authorization_header
+        } else {
+            cfg.set_authorization_header
+        };
+        if bearer && !t.id_token.is_empty() {
+            out.push((
+                Cow::Borrowed("authorization"),
+                format!("Bearer {}", t.id_token),
+            ));
+        }
+    }
     out
 }
 
@@ -666,12 +727,18 @@ fn auth_endpoint(cfg: &Config, req: &Request, session: SessionState, bearer: boo
         SessionState::Denied(reason) => return denied(reason),
         SessionState::None => return unauthorized(bearer),
     };
-    if let Err(reason) = crate::policy::check_auth_query(&query_params(req.query()), &s) {
+    auth_ok(cfg, &query_params(req.query()), &s)
+}
+
+/// `/oauth2/auth` for a valid session: 403 when the query's `allowed_*` refuse it, else 202
+/// with the identity.
+fn auth_ok(cfg: &Config, query: &[(String, String)], s: &Session) -> LocalReply {
+    if let Err(reason) = crate::policy::check_auth_query(query, s) {
         return denied(reason);
     }
     LocalReply {
         status: 202,
-        headers: identity_headers(cfg, &s, false)
+        headers: identity_headers(cfg, s, false)
             .into_iter()
             .map(|(k, v)| (k.into_owned(), v))
             .chain([(
@@ -938,13 +1005,14 @@ fn on_callback(ctx: &Ctx<'_>, req: &Request) -> Decision {
     let Some(key) = cfg.keys.get(key_index) else {
         return Decision::Reply(error_reply(Reason::InternalError, None));
     };
-    let Some(callout) = token_request(
-        here.p,
-        idp.provider,
-        code,
-        &redirect_uri,
-        &derive_verifier(key, state),
-    ) else {
+    let verifier = derive_verifier(key, state);
+    let grant = [
+        ("grant_type", "authorization_code"),
+        ("code", code),
+        ("redirect_uri", redirect_uri.as_str()),
+        ("code_verifier", verifier.as_str()),
+    ];
+    let Some(callout) = token_request(here.p, idp.provider, &grant) else {
         return Decision::Reply(error_reply(
             Reason::InternalError,
             Some("no cluster for the token endpoint's host (see idp_clusters)".into()),
@@ -978,17 +1046,52 @@ fn on_callback(ctx: &Ctx<'_>, req: &Request) -> Decision {
             return_url: flow.return_url,
             flow_cookie: cookie_name,
             host: req.host(),
+            chunks_present: chunks_present(req, &here.p.cookie_name),
         },
     }
 }
 
-/// RFC 6749 §4.1.3 token request with the PKCE verifier (RFC 7636 §4.5).
-fn token_request(
+/// The chunk cookies (`name_1` …) of session cookie `name` that `req` carries.
+fn chunks_present(req: &Request, name: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for (k, _) in req.cookies() {
+        if crate::session::is_chunk_of(name.as_bytes(), k.as_bytes()) && !out.iter().any(|o| o == k)
+        {
+            out.push(k.to_string());
+        }
+    }
+    out
+}
+
+/// Set-Cookie lines for a session's cookie values (chunk 0 first), and clears of the chunk
+/// cookies in `present` it no longer uses.
+fn session_cookies(
+    attrs: &CookieAttrs,
+    name: &str,
+    values: &[String],
+    present: &[String],
+    max_age: u64,
+) -> Vec<String> {
+    let mut out: Vec<String> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| attrs.set(&crate::session::chunk_name(name, i), v, max_age))
+        .collect();
+    for c in present {
+        let used = (1..values.len()).any(|i| crate::session::chunk_name(name, i) == *c);
+        if !used {
+            out.push(attrs.clear(c));
+        }
+    }
+    out
+}
+
+/// A token request with `grant` and our client authentication: RFC 6749 §4.1.3 (the code,
+/// with the PKCE verifier, RFC 7636 §4.5) or §6 (a refresh).
+pub(crate) fn token_request(
     cfg: &ProviderConfig,
     provider: &Provider,
-    code: &str,
-    redirect_uri: &str,
-    verifier: &str,
+    grant: &[(&str, &str)],
 ) -> Option<Callout> {
     let url = &provider.token_endpoint;
     let (cluster, authority) = cfg.route_for(url)?;
@@ -1007,12 +1110,7 @@ fn token_request(
         ),
         ("accept".to_string(), "application/json".to_string()),
     ];
-    let mut form: Vec<(&str, &str)> = vec![
-        ("grant_type", "authorization_code"),
-        ("code", code),
-        ("redirect_uri", redirect_uri),
-        ("code_verifier", verifier),
-    ];
+    let mut form: Vec<(&str, &str)> = grant.to_vec();
     match cfg.token_auth {
         TokenAuthMethod::ClientSecretBasic => {
             // RFC 6749 §2.3.1: each part form-urlencoded before Basic encoding.
@@ -1153,6 +1251,7 @@ pub fn on_token_response(
         }),
         groups,
         attrs,
+        tokens: kept_tokens(cfg.keep, &id_token, body, ctx.now),
     };
     if session.sub().is_empty() {
         return fail(error_reply(
@@ -1180,24 +1279,65 @@ pub fn on_token_response(
         }
     }
     let name = &here.p.cookie_name;
-    let Some(value) = session.encode(key, &here.p.scope(name)) else {
-        return fail(error_reply(
-            Reason::SessionTooLarge,
-            Some(format!(
-                "the session would not fit in a cookie ({} groups, {} claims carried)",
-                session.groups.len(),
-                session.attrs.len()
-            )),
+    let Some(values) = session.encode_cookies(key, &here.p.scope(name)) else {
+        let tokens = session.tokens.as_ref().map_or(0, |t| {
+            t.id_token.len() + t.access_token.len() + t.refresh_token.len()
+        });
+        let why = format!(
+            "the session would not fit in {} cookies ({} groups, {} claims, {tokens} bytes of tokens carried)",
+            if session.tokens.is_some() { crate::session::MAX_CHUNKS } else { 1 },
+            session.groups.len(),
+            session.attrs.len()
+        );
+        // Counts only: nothing of the user's or the provider's in the page.
+        let mut r = error_reply(Reason::SessionTooLarge, None);
+        r.body.push_str(&format!(
+            "Signed in at the provider, but {why}. The administrator can narrow what sessions carry.\n"
         ));
+        r.detail = Some(why);
+        return fail(r);
     };
     let attrs = CookieAttrs::session(&cfg.cookie, &pending.host);
-    let cookies = vec![
-        attrs.set(name, &value, cfg.cookie.expire_secs),
-        flow_attrs(cfg, &pending.host).clear(&pending.flow_cookie),
-    ];
+    let mut cookies = session_cookies(
+        &attrs,
+        name,
+        &values,
+        &pending.chunks_present,
+        cfg.cookie.expire_secs,
+    );
+    cookies.push(flow_attrs(cfg, &pending.host).clear(&pending.flow_cookie));
     let mut r = redirect(&pending.return_url, cookies, Reason::LoginComplete);
     r.detail = Some("login complete".into());
     TokenOutcome::Reply(r)
+}
+
+/// The tokens a session keeps (`Config::keep`), from the validated ID token and the token
+/// response; `None` when it keeps none.
+fn kept_tokens(keep: crate::config::Keep, id_token: &str, body: &[u8], now: u64) -> Option<Tokens> {
+    if !keep.any() {
+        return None;
+    }
+    let other = oidc::other_tokens(body);
+    Some(Tokens {
+        id_token: if keep.id_token {
+            id_token.to_string()
+        } else {
+            String::new()
+        },
+        access_token: if keep.access_token {
+            other.access_token
+        } else {
+            String::new()
+        },
+        refresh_token: if keep.refresh_token {
+            other.refresh_token
+        } else {
+            String::new()
+        },
+        access_expires_at: other.expires_in.map_or(0, |e| now.saturating_add(e)),
+        refreshed_at: now,
+        seen_at: now,
+    })
 }
 
 /// Clears the session cookie with the attributes it was set with, then sends the user to a
@@ -1208,9 +1348,454 @@ fn sign_out(here: &Here<'_>, req: &Request) -> LocalReply {
         .and_then(|rd| validate_return_url(&rd, &req.authority, &cfg.whitelist_domains))
         .unwrap_or_else(|| "/".to_string());
     let attrs = CookieAttrs::session(&cfg.cookie, &req.host());
-    redirect(
-        &target,
-        vec![attrs.clear(&here.p.cookie_name)],
-        Reason::SignedOut,
+    let name = &here.p.cookie_name;
+    let mut clears = vec![attrs.clear(name)];
+    clears.extend(chunks_present(req, name).iter().map(|c| attrs.clear(c)));
+    // RP-Initiated Logout 1.0 §2: the provider ends its session too, then sends the browser
+    // to the validated target (which must be registered there as a post-logout URI).
+    let end = here
+        .idp
+        .as_ref()
+        .and_then(|i| i.provider.end_session_endpoint.as_ref())
+        .filter(|_| cfg.end_session);
+    if let (Some(end), Some(post)) = (end, absolute_url(req, &target)) {
+        let hint = signed_in(here, req)
+            .and_then(|s| s.tokens)
+            .map(|t| t.id_token)
+            .filter(|t| !t.is_empty());
+        let mut location = end.clone();
+        {
+            let mut q = location.query_pairs_mut();
+            if let Some(h) = &hint {
+                q.append_pair("id_token_hint", h);
+            }
+            q.append_pair("client_id", &here.p.client_id);
+            q.append_pair("post_logout_redirect_uri", &post);
+        }
+        let mut r = redirect(location.as_str(), clears, Reason::SignedOut);
+        r.detail = Some(format!(
+            "signed out; ending the provider's session ({})",
+            if hint.is_some() {
+                "id_token_hint"
+            } else {
+                "client_id"
+            }
+        ));
+        return r;
+    }
+    redirect(&target, clears, Reason::SignedOut)
+}
+
+/// The session the request carries, whatever the policy says of it.
+fn signed_in(here: &Here<'_>, req: &Request) -> Option<Session> {
+    let cfg = here.config;
+    let name = &here.p.cookie_name;
+    let scope = here.p.scope(name);
+    let chunk = |i: usize| {
+        let n = crate::session::chunk_name(name, i);
+        req.cookies().find(|(k, _)| *k == n).map(|(_, v)| v)
+    };
+    req.cookies().filter(|(k, _)| k == name).find_map(|(_, v)| {
+        Session::verify_cookies(
+            &cfg.keys,
+            &scope,
+            v,
+            &chunk,
+            here.now,
+            cfg.cookie.expire_secs,
+        )
+        .ok()
+    })
+}
+
+/// `target` (a validated return URL: a path, or absolute) as an absolute URL, a path
+/// resolved against the request's own scheme and `:authority`.
+fn absolute_url(req: &Request, target: &str) -> Option<String> {
+    if !target.starts_with('/') {
+        return Some(target.to_string());
+    }
+    if !valid_authority(&req.authority) {
+        return None;
+    }
+    let scheme = if req.scheme.eq_ignore_ascii_case("http") {
+        "http"
+    } else {
+        "https"
+    };
+    Some(format!("{scheme}://{}{target}", req.authority))
+}
+
+// ---- A session that goes on: the last-seen mark, and refresh (`cookie_refresh`) ----
+
+/// The session's last-seen mark (`session_idle_timeout`); its login for a session without one.
+fn seen_at(s: &Session) -> u64 {
+    s.tokens
+        .as_ref()
+        .map_or(s.issued_at, |t| t.seen_at.max(s.issued_at))
+}
+
+/// How often the last-seen mark is re-issued: a quarter of the idle timeout, at most every
+/// five minutes, so cookies do not change on every request.
+pub fn mark_every(idle_secs: u64) -> u64 {
+    (idle_secs / 4).clamp(1, 300)
+}
+
+/// Whether `s` is due for a refresh: its tokens are `cookie_refresh` old, or the access token
+/// sent upstream has expired; and it holds a refresh token.
+fn refresh_due(cfg: &Config, s: &Session, now: u64) -> bool {
+    let Some(t) = &s.tokens else { return false };
+    let every = cfg.cookie.refresh_secs;
+    every > 0
+        && !t.refresh_token.is_empty()
+        && (now >= t.refreshed_at.saturating_add(every)
+            || (cfg.pass_access_token && t.access_expires_at != 0 && now >= t.access_expires_at))
+}
+
+/// A valid session (from cookies) on a request that goes on: a refresh when one is due, a new
+/// last-seen mark when that is due; `None` when neither (the request goes as usual).
+fn keep_session(
+    here: &Here<'_>,
+    req: &Request,
+    s: &Session,
+    auth: bool,
+    bearer: bool,
+    random: &mut dyn FnMut() -> Option<[u8; 32]>,
+) -> Option<Decision> {
+    let cfg = here.config;
+    let now = here.now;
+    if refresh_due(cfg, s, now) {
+        if let Some(plan) = refresh_plan(here, req, s, auth, bearer, random) {
+            return Some(Decision::Refresh(Box::new(plan)));
+        }
+    }
+    let idle = cfg.cookie.idle_secs;
+    if idle == 0 || now < seen_at(s).saturating_add(mark_every(idle)) {
+        return None;
+    }
+    let mut marked = s.clone();
+    let mut t = marked.tokens.take().unwrap_or_default();
+    t.seen_at = now;
+    if t.refreshed_at == 0 {
+        t.refreshed_at = s.issued_at;
+    }
+    marked.tokens = Some(t);
+    let pending = pending_refresh(here, req, s, auth);
+    let cookies = session_set_cookies(cfg, &pending, &marked, now)?;
+    Some(match pass_as(cfg, &pending, &marked, cookies, None) {
+        crate::refresh::Pass::Forward(f) => Decision::Continue(f),
+        crate::refresh::Pass::Reply(r) => Decision::Reply(r),
+    })
+}
+
+fn pending_refresh(
+    here: &Here<'_>,
+    req: &Request,
+    s: &Session,
+    auth: bool,
+) -> crate::refresh::PendingRefresh {
+    let cfg = here.config;
+    let index = cfg
+        .providers
+        .iter()
+        .position(|p| std::ptr::eq(p, here.p))
+        .unwrap_or(0);
+    crate::refresh::PendingRefresh {
+        provider: index,
+        host: req.host(),
+        method: req.method.to_string(),
+        path: req.path.to_string(),
+        session: s.clone(),
+        chunks_present: chunks_present(req, &here.p.cookie_name),
+        remove: forward(cfg, req, None).remove,
+        auth_query: auth.then(|| query_params(req.query())),
+    }
+}
+
+/// The `Set-Cookie` lines of session `s` for `pending`'s host (chunks it no longer uses
+/// cleared), for the rest of its lifetime; `None` when it does not fit.
+fn session_set_cookies(
+    cfg: &Config,
+    pending: &crate::refresh::PendingRefresh,
+    s: &Session,
+    now: u64,
+) -> Option<Vec<String>> {
+    let p = cfg.providers.get(pending.provider)?;
+    let key = cfg.keys.first()?;
+    let values = s.encode_cookies(key, &p.scope(&p.cookie_name))?;
+    Some(cookies_of(cfg, pending, s, &values, now))
+}
+
+fn cookies_of(
+    cfg: &Config,
+    pending: &crate::refresh::PendingRefresh,
+    s: &Session,
+    values: &[String],
+    now: u64,
+) -> Vec<String> {
+    let name = cfg
+        .providers
+        .get(pending.provider)
+        .map_or(cfg.cookie.name.as_str(), |p| p.cookie_name.as_str());
+    let attrs = CookieAttrs::session(&cfg.cookie, &pending.host);
+    session_cookies(
+        &attrs,
+        name,
+        values,
+        &pending.chunks_present,
+        s.expires_at.saturating_sub(now).max(1),
     )
+}
+
+/// The policy of `pending`'s request as configured now: its host's, or its route's.
+fn pending_policy<'a>(
+    cfg: &'a Config,
+    pending: &crate::refresh::PendingRefresh,
+) -> Option<&'a Policy> {
+    let policy = match cfg.site_for(&pending.host) {
+        Site::Protect { provider, policy } if *provider == pending.provider => policy,
+        _ => return None,
+    };
+    if pending.auth_query.is_some() {
+        return Some(policy);
+    }
+    match crate::routes::route_for(&policy.routes, &pending.method, &pending.path) {
+        RouteMatch::None => Some(policy),
+        RouteMatch::Rule(r) => match &r.action {
+            RouteAction::Allow(p) => Some(&**p),
+            _ => None,
+        },
+        RouteMatch::Ambiguous => None,
+    }
+}
+
+/// How `pending`'s request goes on as session `s`, setting `cookies` in the response.
+fn pass_as(
+    cfg: &Config,
+    pending: &crate::refresh::PendingRefresh,
+    s: &Session,
+    cookies: Vec<String>,
+    log: Option<String>,
+) -> crate::refresh::Pass {
+    use crate::refresh::Pass;
+    let checked = match pending_policy(cfg, pending) {
+        Some(policy) => crate::policy::check(policy, s),
+        None => Err(Reason::RouteDenied),
+    };
+    let mut reply = match (checked, &pending.auth_query) {
+        (Err(reason), _) => denied(reason),
+        (Ok(()), Some(q)) => auth_ok(cfg, q, s),
+        (Ok(()), None) => {
+            let mut f = Forward {
+                remove: pending.remove.clone(),
+                ..Forward::default()
+            };
+            f.set.extend(identity_headers(cfg, s, true));
+            f.set_cookies = cookies;
+            f.log = log;
+            return Pass::Forward(f);
+        }
+    };
+    reply
+        .headers
+        .extend(cookies.into_iter().map(|c| ("set-cookie".to_string(), c)));
+    if reply.detail.is_none() {
+        reply.detail = log;
+    }
+    Pass::Reply(reply)
+}
+
+/// The plan of a due refresh; `None` when it cannot be made now (the provider is not
+/// loaded, no cluster for its token endpoint): the request goes on as it is.
+fn refresh_plan(
+    here: &Here<'_>,
+    req: &Request,
+    s: &Session,
+    auth: bool,
+    bearer: bool,
+    random: &mut dyn FnMut() -> Option<[u8; 32]>,
+) -> Option<crate::refresh::Plan> {
+    let cfg = here.config;
+    let idp = here.idp.as_ref()?;
+    let rt = s.tokens.as_ref()?.refresh_token.as_str();
+    let callout = token_request(
+        here.p,
+        idp.provider,
+        &[("grant_type", "refresh_token"), ("refresh_token", rt)],
+    )?;
+    let pending = pending_refresh(here, req, s, auth);
+    let fallback = pass_as(cfg, &pending, s, Vec::new(), None);
+    let attrs = CookieAttrs::session(&cfg.cookie, &pending.host);
+    let clears = std::iter::once(attrs.clear(&here.p.cookie_name))
+        .chain(pending.chunks_present.iter().map(|c| attrs.clear(c)));
+    let mut relogin = if !auth && is_navigation(req) {
+        let target = return_target(cfg, req, Some(&req.path), &[]);
+        redirect_to_authorization_endpoint(here, req, random, target)
+    } else {
+        let mut r = unauthorized(bearer);
+        r.reason = Reason::RefreshRefused;
+        r.status = Reason::RefreshRefused.status();
+        r.body = error_reply(Reason::RefreshRefused, None).body;
+        if let Some(h) = r
+            .headers
+            .iter_mut()
+            .find(|(k, _)| k == "x-oidc-filter-reason")
+        {
+            h.1 = Reason::RefreshRefused.code().into();
+        }
+        r
+    };
+    relogin
+        .headers
+        .extend(clears.map(|c| ("set-cookie".to_string(), c)));
+    Some(crate::refresh::Plan {
+        id: crate::refresh::record_id(rt),
+        callout,
+        pending,
+        fallback,
+        relogin,
+    })
+}
+
+/// How a refresh went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refreshed {
+    /// The new session's cookie values, and how the request goes on as it.
+    Done(Vec<String>, crate::refresh::Pass),
+    /// The provider refused the grant: a new login.
+    Revoked(String),
+    /// No usable answer: the request goes on as it is.
+    Failed(String),
+}
+
+/// The token endpoint's answer to a refresh (RFC 6749 §5.1 / §5.2; OIDC Core §12.2).
+pub fn on_refresh_response(
+    ctx: &Ctx<'_>,
+    pending: &crate::refresh::PendingRefresh,
+    status: Option<u32>,
+    body: &[u8],
+) -> Refreshed {
+    let cfg = ctx.config;
+    let status = match status {
+        None => return Refreshed::Failed("token endpoint unreachable or timed out".into()),
+        Some(s) => s,
+    };
+    if status == 400 || status == 401 {
+        return Refreshed::Revoked(format!(
+            "token endpoint answered {status} {}",
+            oauth_error_code(body).unwrap_or("")
+        ));
+    }
+    if status != 200 {
+        return Refreshed::Failed(format!("token endpoint answered {status}"));
+    }
+    let (Some(p), Some(idp)) = (
+        cfg.providers.get(pending.provider),
+        ctx.idps.idp(pending.provider),
+    ) else {
+        return Refreshed::Failed("provider not loaded".into());
+    };
+    let other = oidc::other_tokens(body);
+    if other.access_token.is_empty() {
+        return Refreshed::Failed("token response without an access_token".into());
+    }
+    let old = &pending.session;
+    let mut s = old.clone();
+    let id_token = match oidc::id_token_from_response(body) {
+        Ok(raw) => {
+            let expected = Expected {
+                issuer: &idp.provider.issuer,
+                client_id: &p.client_id,
+                nonce: "",
+                now: ctx.now,
+                leeway: ID_TOKEN_LEEWAY_SECS,
+            };
+            let identity =
+                match oidc::validate_refreshed_id_token(&raw, idp.keys, &expected, old.sub()) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        return Refreshed::Failed(format!(
+                            "refreshed ID token refused: {}",
+                            e.describe()
+                        ))
+                    }
+                };
+            let email = clean_claim(identity.email());
+            s.claims = std::array::from_fn(|i| match i {
+                SUB => clean_claim(Some(&identity.sub)),
+                EMAIL => email.clone(),
+                _ => clean_claim(identity.claims[i].as_deref()),
+            });
+            (s.groups, s.attrs) = p.carry.take(&identity.other);
+            Some(raw)
+        }
+        Err(_) => None,
+    };
+    let before = old.tokens.clone().unwrap_or_default();
+    s.tokens = Some(Tokens {
+        id_token: match id_token {
+            Some(t) if cfg.keep.id_token => t,
+            _ => before.id_token,
+        },
+        access_token: if cfg.keep.access_token {
+            other.access_token
+        } else {
+            String::new()
+        },
+        refresh_token: if other.refresh_token.is_empty() {
+            before.refresh_token
+        } else {
+            other.refresh_token
+        },
+        access_expires_at: other.expires_in.map_or(0, |e| ctx.now.saturating_add(e)),
+        refreshed_at: ctx.now,
+        seen_at: ctx.now,
+    });
+    let Some(key) = cfg.keys.first() else {
+        return Refreshed::Failed("no key".into());
+    };
+    let Some(values) = s.encode_cookies(key, &p.scope(&p.cookie_name)) else {
+        return Refreshed::Failed("the refreshed session would not fit in its cookies".into());
+    };
+    let cookies = cookies_of(cfg, pending, &s, &values, ctx.now);
+    let pass = pass_as(cfg, pending, &s, cookies, Some("session refreshed".into()));
+    Refreshed::Done(values, pass)
+}
+
+/// A refresh another request made (its cookie `values`): the request goes on as that session
+/// and sets its cookies; `None` when they are not a session of ours (a rotated key).
+pub fn adopt_refreshed(
+    ctx: &Ctx<'_>,
+    pending: &crate::refresh::PendingRefresh,
+    values: &[String],
+) -> Option<crate::refresh::Pass> {
+    let cfg = ctx.config;
+    let p = cfg.providers.get(pending.provider)?;
+    let first = values.first()?;
+    let s = Session::verify_cookies(
+        &cfg.keys,
+        &p.scope(&p.cookie_name),
+        first,
+        &|i| values.get(i).map(String::as_str),
+        ctx.now,
+        cfg.cookie.expire_secs,
+    )
+    .ok()?;
+    let cookies = cookies_of(cfg, pending, &s, values, ctx.now);
+    Some(pass_as(cfg, pending, &s, cookies, None))
+}
+
+/// RFC 6749 §5.2's `error`, when it is one of the registered codes' shape (it is logged).
+fn oauth_error_code(body: &[u8]) -> Option<&'static str> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let code = v.get("error")?.as_str()?;
+    [
+        "invalid_request",
+        "invalid_client",
+        "invalid_grant",
+        "unauthorized_client",
+        "unsupported_grant_type",
+        "invalid_scope",
+    ]
+    .into_iter()
+    .find(|c| *c == code)
 }

@@ -414,6 +414,8 @@ mod tests {
             .unwrap()],
             path: "/".into(),
             expire_secs: 60,
+            refresh_secs: 0,
+            idle_secs: 0,
             secure: true,
             httponly: true,
             samesite: SameSite::Lax,

@@ -78,6 +78,7 @@ impl IdpState {
             authorization_endpoint: e.authorization_endpoint.clone(),
             token_endpoint: e.token_endpoint.clone(),
             jwks_uri: e.jwks_uri.clone(),
+            end_session_endpoint: None,
         });
         IdpState {
             provider,

@@ -19,6 +19,7 @@ pub mod oidc;
 pub mod policy;
 pub mod reason;
 pub mod redirect;
+pub mod refresh;
 pub mod replay;
 pub mod routes;
 pub mod session;

@@ -19,6 +19,8 @@ pub struct Provider {
     pub authorization_endpoint: Url,
     pub token_endpoint: Url,
     pub jwks_uri: Url,
+    /// RP-Initiated Logout 1.0 §2.1, if the provider has it.
+    pub end_session_endpoint: Option<Url>,
 }
 
 /// Why a document from the provider was refused, in words that hold no byte of the document:
@@ -65,6 +67,10 @@ impl Provider {
             authorization_endpoint: url_field(&m, "authorization_endpoint")?,
             token_endpoint: url_field(&m, "token_endpoint")?,
             jwks_uri: url_field(&m, "jwks_uri")?,
+            end_session_endpoint: match m.get("end_session_endpoint") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(_) => Some(url_field(&m, "end_session_endpoint")?),
+            },
         })
     }
 }
@@ -181,6 +187,35 @@ impl KeySet {
     }
 }
 
+/// What a token response (RFC 6749 §5.1) holds besides the ID token.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OtherTokens {
+    pub access_token: String,
+    pub refresh_token: String,
+    /// `expires_in` (seconds), if given.
+    pub expires_in: Option<u64>,
+}
+
+/// The access and refresh tokens of a token response, as far as they are well formed
+/// (a token is kept only as a visible-ASCII string under 8 KB).
+pub fn other_tokens(body: &[u8]) -> OtherTokens {
+    let Ok(serde_json::Value::Object(r)) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return OtherTokens::default();
+    };
+    let token = |k: &str| {
+        r.get(k)
+            .and_then(serde_json::Value::as_str)
+            .filter(|t| t.len() <= 8192 && t.bytes().all(|b| (0x21..0x7f).contains(&b)))
+            .unwrap_or_default()
+            .to_string()
+    };
+    OtherTokens {
+        access_token: token("access_token"),
+        refresh_token: token("refresh_token"),
+        expires_in: r.get("expires_in").and_then(serde_json::Value::as_u64),
+    }
+}
+
 /// RFC 6749 §5.1 / OIDC Core §3.1.3.3: the token response is a JSON object that must carry
 /// an `id_token`.
 pub fn id_token_from_response(body: &[u8]) -> Result<String, &'static str> {
@@ -272,6 +307,8 @@ pub enum IdTokenError {
     NotYetValid,
     MissingClaim(&'static str),
     Nonce,
+    /// A refreshed ID token names another user than the session's (OIDC Core §12.2).
+    Subject,
     /// The `typ` header is not the one required (RFC 9068: `at+jwt`).
     Type,
 }
@@ -292,6 +329,7 @@ impl IdTokenError {
             IdTokenError::NotYetValid => "nbf is in the future".into(),
             IdTokenError::MissingClaim(c) => format!("claim {c} missing"),
             IdTokenError::Nonce => "nonce does not match this login".into(),
+            IdTokenError::Subject => "sub is not the session's".into(),
             IdTokenError::Type => "typ is not the one required".into(),
         }
     }
@@ -524,6 +562,31 @@ pub fn validate_id_token(
     keys: &KeySet,
     expected: &Expected<'_>,
 ) -> Result<Identity, IdTokenError> {
+    validate(raw, keys, expected, true)
+}
+
+/// An ID token from a refresh (OIDC Core §12.2): checked as at login, but for the nonce (the
+/// login's is not kept; the token came from the token endpoint to our client credentials, not
+/// through a browser) and with the login's `sub`.
+pub fn validate_refreshed_id_token(
+    raw: &str,
+    keys: &KeySet,
+    expected: &Expected<'_>,
+    sub: &str,
+) -> Result<Identity, IdTokenError> {
+    let identity = validate(raw, keys, expected, false)?;
+    if identity.sub != sub {
+        return Err(IdTokenError::Subject);
+    }
+    Ok(identity)
+}
+
+fn validate(
+    raw: &str,
+    keys: &KeySet,
+    expected: &Expected<'_>,
+    nonce: bool,
+) -> Result<Identity, IdTokenError> {
     let (claims, _) = verified_claims(raw, keys, ACCEPTED_ALGS)?;
     let c = &claims.custom;
 
@@ -541,6 +604,7 @@ pub fn validate_id_token(
     }
     check_times(&claims, expected.now, expected.leeway, true)?;
     match &c.nonce {
+        _ if !nonce => {}
         Some(n) if ct_eq(n.as_bytes(), expected.nonce.as_bytes()) => {}
         _ => return Err(IdTokenError::Nonce),
     }

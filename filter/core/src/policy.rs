@@ -243,6 +243,7 @@ mod tests {
                 .iter()
                 .map(|(p, v)| (p.to_string(), v.iter().map(|s| s.to_string()).collect()))
                 .collect(),
+            tokens: None,
         }
     }
 

@@ -78,6 +78,9 @@ reasons! {
     BearerInvalid = "bearer_invalid", 401, Info;
     /// A bearer token names a key its issuer's JWKS lacks; the keys are being refetched.
     BearerKeyUnknown = "bearer_key_unknown", 503, Info;
+    /// The provider refused to refresh the session (`invalid_grant`: revoked, expired, or
+    /// a refresh token used twice): an API client must sign in again (a browser is sent to).
+    RefreshRefused = "refresh_refused", 401, Info;
     /// A `routes` entry with `"action": "deny"` matches.
     RouteDenied = "route_denied", 403, Info;
     /// The path's meaning is ambiguous (`;`, `\`, an encoded `/`, `..` above the root) on a

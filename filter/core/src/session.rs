@@ -11,6 +11,7 @@
 use crate::claims::{ClaimValues, EMAIL, SUB};
 use crate::config::KeySet;
 use crate::util::{b64url, b64url_decode, ct_eq, put_lp, MacKey, Reader};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 
 const VERSION: &str = "2";
 const SESSION_LABEL: &[u8] = b"oidc-filter session v2\0";
@@ -30,6 +31,47 @@ pub struct Session {
     pub groups: Vec<String>,
     /// Other claims the config needs (claim rules, claim headers), by claim path.
     pub attrs: Vec<(String, Vec<String>)>,
+    /// The provider's tokens, when a feature needs them (`pass_access_token`, the
+    /// `Authorization` options, sign-out at the provider): the cookie is then encrypted
+    /// (format 3) and may span chunk cookies.
+    pub tokens: Option<Tokens>,
+}
+
+/// What a format-3 session holds besides the format-2 fields: the tokens a feature needs (a
+/// field no feature needs is left empty), and the marks of refresh and use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tokens {
+    pub id_token: String,
+    pub access_token: String,
+    pub refresh_token: String,
+    /// When the access token expires (`expires_in` from the token response; 0: unknown).
+    pub access_expires_at: u64,
+    /// When the tokens came from the token endpoint (the login, or the last refresh).
+    pub refreshed_at: u64,
+    /// The last-seen mark of `session_idle_timeout` (re-issued at most every few minutes).
+    pub seen_at: u64,
+}
+
+/// Chunk cookies a session may span: `name`, `name_1` … `name_4`.
+pub const MAX_CHUNKS: usize = 5;
+const SEALED_VERSION: &str = "3";
+const SEALED_LABEL: &[u8] = b"oidc-filter session v3\0";
+
+/// The name of chunk `i` of the session cookie `name` (0: `name` itself).
+pub fn chunk_name(name: &str, i: usize) -> String {
+    if i == 0 {
+        name.to_string()
+    } else {
+        format!("{name}_{i}")
+    }
+}
+
+/// Whether `cookie` is chunk 1.. of the session cookie `name`.
+pub fn is_chunk_of(name: &[u8], cookie: &[u8]) -> bool {
+    cookie
+        .strip_prefix(name)
+        .and_then(|rest| rest.strip_prefix(b"_"))
+        .is_some_and(|n| n.len() == 1 && (b'1'..=b'0' + (MAX_CHUNKS as u8 - 1)).contains(&n[0]))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,8 +145,156 @@ fn open<'k>(
     Err(SessionError::BadMac)
 }
 
+fn sealed_aad(scope: &Scope<'_>) -> Vec<u8> {
+    let mut aad =
+        Vec::with_capacity(SEALED_LABEL.len() + scope.name.len() + scope.binding.len() + 4);
+    aad.extend_from_slice(SEALED_LABEL);
+    aad.extend_from_slice(&name_bytes(scope.name));
+    aad.extend_from_slice(scope.name.as_bytes());
+    aad.extend_from_slice(&name_bytes(scope.binding));
+    aad.extend_from_slice(scope.binding.as_bytes());
+    aad
+}
+
+/// Splits `body` into the values of chunk cookies: the first is `3.<count>.<part>`, the
+/// others hold the following parts; each at most `MAX_COOKIE_VALUE`.
+fn chunk(body: &str) -> Option<Vec<String>> {
+    let first_cap = MAX_COOKIE_VALUE - SEALED_VERSION.len() - 3;
+    let rest = body.len().saturating_sub(first_cap);
+    let n = 1 + rest.div_ceil(MAX_COOKIE_VALUE);
+    if n > MAX_CHUNKS {
+        return None;
+    }
+    let (head, mut tail) = body.split_at(body.len().min(first_cap));
+    let mut out = vec![format!("{SEALED_VERSION}.{n}.{head}")];
+    while !tail.is_empty() {
+        let (part, more) = tail.split_at(tail.len().min(MAX_COOKIE_VALUE));
+        out.push(part.to_string());
+        tail = more;
+    }
+    Some(out)
+}
+
 impl Session {
-    pub fn encode(&self, key: &KeySet, scope: &Scope<'_>) -> Option<String> {
+    /// The cookie values of this session: one format-2 value (MAC only) without tokens;
+    /// with tokens, format 3 (XChaCha20-Poly1305, see `seal_tokens`) over as many chunk
+    /// cookies as it needs, at most `MAX_CHUNKS`. `None`: it does not fit.
+    pub fn encode_cookies(&self, key: &KeySet, scope: &Scope<'_>) -> Option<Vec<String>> {
+        let Some(t) = &self.tokens else {
+            return self.encode(key, scope).map(|v| vec![v]);
+        };
+        let mut plain = Vec::with_capacity(256 + t.id_token.len() + t.access_token.len());
+        put_lp(&mut plain, &self.payload()?)?;
+        put_lp(&mut plain, t.id_token.as_bytes())?;
+        put_lp(&mut plain, t.access_token.as_bytes())?;
+        put_lp(&mut plain, t.refresh_token.as_bytes())?;
+        plain.extend_from_slice(&t.access_expires_at.to_be_bytes());
+        plain.extend_from_slice(&t.refreshed_at.to_be_bytes());
+        plain.extend_from_slice(&t.seen_at.to_be_bytes());
+        let aad = sealed_aad(scope);
+        // A synthetic nonce (SIV): a MAC of the whole input under a key of its own, so no
+        // randomness is needed and a nonce never repeats for different sessions.
+        let mac = key.siv.mac(&[&aad, &plain]);
+        let mut nonce = chacha20poly1305::XNonce::default();
+        nonce.copy_from_slice(&mac[..24]);
+        let cipher = chacha20poly1305::XChaCha20Poly1305::new(key.seal.as_key());
+        let ct = cipher
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: &plain,
+                    aad: &aad,
+                },
+            )
+            .ok()?;
+        let mut sealed = Vec::with_capacity(24 + ct.len());
+        sealed.extend_from_slice(&mac[..24]);
+        sealed.extend_from_slice(&ct);
+        chunk(&b64url(&sealed))
+    }
+
+    /// A session from its cookies: `first` is the value of the cookie `scope.name`; `chunk(i)`
+    /// the value of chunk cookie `i` (format 3 only). Checks as `verify`.
+    pub fn verify_cookies<'v>(
+        keys: &[KeySet],
+        scope: &Scope<'_>,
+        first: &'v str,
+        chunk: &dyn Fn(usize) -> Option<&'v str>,
+        now: u64,
+        max_age: u64,
+    ) -> Result<Session, SessionError> {
+        let Some(rest) = first
+            .strip_prefix(SEALED_VERSION)
+            .and_then(|r| r.strip_prefix('.'))
+        else {
+            return Session::verify(keys, scope, first, now, max_age);
+        };
+        let (n, head) = rest.split_once('.').ok_or(SessionError::Malformed)?;
+        let n: usize = n.parse().map_err(|_| SessionError::Malformed)?;
+        if !(1..=MAX_CHUNKS).contains(&n) || head.len() > MAX_COOKIE_VALUE {
+            return Err(SessionError::Malformed);
+        }
+        let mut body = String::with_capacity(n * MAX_COOKIE_VALUE);
+        body.push_str(head);
+        for i in 1..n {
+            let part = chunk(i).ok_or(SessionError::Malformed)?;
+            if part.len() > MAX_COOKIE_VALUE {
+                return Err(SessionError::Malformed);
+            }
+            body.push_str(part);
+        }
+        let sealed = b64url_decode(&body).ok_or(SessionError::Malformed)?;
+        if sealed.len() < 24 + 16 {
+            return Err(SessionError::Malformed);
+        }
+        let (n, ct) = sealed.split_at(24);
+        let mut nonce = chacha20poly1305::XNonce::default();
+        nonce.copy_from_slice(n);
+        let aad = sealed_aad(scope);
+        let plain = keys
+            .iter()
+            .find_map(|k| {
+                chacha20poly1305::XChaCha20Poly1305::new(k.seal.as_key())
+                    .decrypt(&nonce, Payload { msg: ct, aad: &aad })
+                    .ok()
+            })
+            .ok_or(SessionError::BadMac)?;
+        let mut r = Reader::new(&plain);
+        let inner = r.lp().ok_or(SessionError::Malformed)?;
+        let mut s = Session::from_payload(inner)?;
+        let mut text = || {
+            r.lp_str()
+                .map(str::to_string)
+                .ok_or(SessionError::Malformed)
+        };
+        let (id_token, access_token, refresh_token) = (text()?, text()?, text()?);
+        let access_expires_at = r.u64().ok_or(SessionError::Malformed)?;
+        let refreshed_at = r.u64().ok_or(SessionError::Malformed)?;
+        let seen_at = r.u64().ok_or(SessionError::Malformed)?;
+        if !r.is_empty() {
+            return Err(SessionError::Malformed);
+        }
+        s.tokens = Some(Tokens {
+            id_token,
+            access_token,
+            refresh_token,
+            access_expires_at,
+            refreshed_at,
+            seen_at,
+        });
+        s.check_age(now, max_age)?;
+        Ok(s)
+    }
+
+    fn check_age(&self, now: u64, max_age: u64) -> Result<(), SessionError> {
+        if now >= self.expires_at || now >= self.issued_at.saturating_add(max_age) {
+            return Err(SessionError::Expired);
+        }
+        Ok(())
+    }
+
+    /// The format-2 payload: times, identity claims, and the optional tail.
+    fn payload(&self) -> Option<Vec<u8>> {
         let mut p = Vec::with_capacity(64);
         p.extend_from_slice(&self.expires_at.to_be_bytes());
         p.extend_from_slice(&self.issued_at.to_be_bytes());
@@ -123,7 +313,12 @@ impl Session {
                 put_lp(&mut p, values.join("\0").as_bytes())?;
             }
         }
-        let v = seal(&key.session, SESSION_LABEL, scope, &p);
+        Some(p)
+    }
+
+    /// The format-2 cookie value (MAC only; tokens are not in it).
+    pub fn encode(&self, key: &KeySet, scope: &Scope<'_>) -> Option<String> {
+        let v = seal(&key.session, SESSION_LABEL, scope, &self.payload()?);
         (v.len() <= MAX_COOKIE_VALUE).then_some(v)
     }
 
@@ -138,7 +333,13 @@ impl Session {
         max_age: u64,
     ) -> Result<Session, SessionError> {
         let (payload, _) = open(keys, |k| &k.session, SESSION_LABEL, scope, value)?;
-        let mut r = Reader::new(&payload);
+        let s = Session::from_payload(&payload)?;
+        s.check_age(now, max_age)?;
+        Ok(s)
+    }
+
+    fn from_payload(payload: &[u8]) -> Result<Session, SessionError> {
+        let mut r = Reader::new(payload);
         let expires_at = r.u64().ok_or(SessionError::Malformed)?;
         let issued_at = r.u64().ok_or(SessionError::Malformed)?;
         let mut claims = ClaimValues::default();
@@ -162,15 +363,13 @@ impl Session {
                 attrs.push((path, values));
             }
         }
-        if now >= expires_at || now >= issued_at.saturating_add(max_age) {
-            return Err(SessionError::Expired);
-        }
         Ok(Session {
             expires_at,
             issued_at,
             claims,
             groups,
             attrs,
+            tokens: None,
         })
     }
 
@@ -299,6 +498,7 @@ mod tests {
             claims: ["u1".into(), "alice@example.com".into(), "alice".into()],
             groups: vec![],
             attrs: vec![],
+            tokens: None,
         }
     }
 
@@ -460,5 +660,143 @@ mod tests {
         assert_eq!(v.len(), 43);
         assert_ne!(v, derive_verifier(&keys(&[B])[0], "state"));
         assert_ne!(derive_nonce(&k[0], "state"), derive_nonce(&k[0], "state2"));
+    }
+
+    fn with_tokens(len: usize) -> Session {
+        let filler = |c: char| std::iter::repeat_n(c, len).collect::<String>();
+        Session {
+            tokens: Some(Tokens {
+                id_token: filler('i'),
+                access_token: filler('a'),
+                refresh_token: "rt".into(),
+                access_expires_at: 1500,
+                refreshed_at: 1000,
+                seen_at: 1100,
+            }),
+            ..sample()
+        }
+    }
+
+    fn read(keys: &[KeySet], name: &str, values: &[String]) -> Result<Session, SessionError> {
+        Session::verify_cookies(
+            keys,
+            &sc(name),
+            &values[0],
+            &|i| values.get(i).map(String::as_str),
+            1100,
+            DAY,
+        )
+    }
+
+    #[test]
+    fn sealed_sessions_round_trip_and_span_chunks() {
+        let k = keys(&[A]);
+        // Small: one cookie, format 3, no token readable in it.
+        let s = with_tokens(100);
+        let v = s.encode_cookies(&k[0], &sc("c")).unwrap();
+        assert_eq!(v.len(), 1);
+        assert!(v[0].starts_with("3.1."), "{}", v[0]);
+        assert!(
+            !v[0].contains("iiii")
+                && !b64url_decode(&v[0][4..])
+                    .unwrap()
+                    .windows(4)
+                    .any(|w| w == b"iiii")
+        );
+        assert_eq!(read(&k, "c", &v).unwrap(), s);
+        // Large: three chunks, each under the browser's limit.
+        let s = with_tokens(4000);
+        let v = s.encode_cookies(&k[0], &sc("c")).unwrap();
+        assert_eq!(
+            v.len(),
+            3,
+            "{:?}",
+            v.iter().map(String::len).collect::<Vec<_>>()
+        );
+        assert!(v.iter().all(|c| c.len() <= MAX_COOKIE_VALUE));
+        assert!(v[0].starts_with("3.3."));
+        assert_eq!(read(&k, "c", &v).unwrap(), s);
+        // Deterministic (synthetic nonce): the same session, the same cookies.
+        assert_eq!(s.encode_cookies(&k[0], &sc("c")).unwrap(), v);
+        // Without tokens: format 2, as before.
+        let plain = sample().encode_cookies(&k[0], &sc("c")).unwrap();
+        assert!(plain[0].starts_with("2."));
+        assert_eq!(read(&k, "c", &plain).unwrap(), sample());
+        // Too large for MAX_CHUNKS: refused, not cut.
+        assert!(with_tokens(10_000)
+            .encode_cookies(&k[0], &sc("c"))
+            .is_none());
+    }
+
+    #[test]
+    fn sealed_sessions_refuse_tampering_missing_chunks_and_other_scopes() {
+        let k = keys(&[A]);
+        let s = with_tokens(4000);
+        let v = s.encode_cookies(&k[0], &sc("c")).unwrap();
+        for i in 0..v.len() {
+            let mut bad = v.clone();
+            let mut b = bad[i].clone().into_bytes();
+            let at = b.len() - 3;
+            b[at] = if b[at] == b'A' { b'B' } else { b'A' };
+            bad[i] = String::from_utf8(b).unwrap();
+            assert!(read(&k, "c", &bad).is_err(), "chunk {i} tampered");
+        }
+        // A chunk missing, or the chunks of an older session mixed in.
+        assert_eq!(read(&k, "c", &v[..2]), Err(SessionError::Malformed));
+        let other = with_tokens(3990).encode_cookies(&k[0], &sc("c")).unwrap();
+        let mixed = vec![v[0].clone(), other[1].clone(), v[2].clone()];
+        assert_eq!(read(&k, "c", &mixed), Err(SessionError::BadMac));
+        // Another cookie name, another binding, another key: refused.
+        assert_eq!(read(&k, "d", &v), Err(SessionError::BadMac));
+        let other_bind = Scope {
+            name: "c",
+            binding: "https://x\napp",
+        };
+        assert!(Session::verify_cookies(
+            &k,
+            &other_bind,
+            &v[0],
+            &|i| v.get(i).map(String::as_str),
+            1100,
+            DAY
+        )
+        .is_err());
+        assert_eq!(read(&keys(&[B]), "c", &v), Err(SessionError::BadMac));
+        // Rotation: signed with the new key, read with both; the old key's still read.
+        let both = keys(&[B, A]);
+        assert_eq!(read(&both, "c", &v).unwrap(), s);
+        // Expiry as format 2.
+        assert_eq!(
+            Session::verify_cookies(
+                &k,
+                &sc("c"),
+                &v[0],
+                &|i| v.get(i).map(String::as_str),
+                2000,
+                DAY
+            ),
+            Err(SessionError::Expired)
+        );
+        for junk in ["3.", "3.0.x", "3.9.x", "3.1.", "3.1.%%%", "3.x.y"] {
+            assert!(read(&k, "c", &[junk.to_string()]).is_err(), "{junk}");
+        }
+    }
+
+    #[test]
+    fn chunk_names() {
+        assert_eq!(chunk_name("_s", 0), "_s");
+        assert_eq!(chunk_name("_s", 2), "_s_2");
+        assert!(is_chunk_of(b"_s", b"_s_1") && is_chunk_of(b"_s", b"_s_4"));
+        for no in [
+            &b"_s_5"[..],
+            b"_s_0",
+            b"_s_12",
+            b"_s_",
+            b"_s",
+            b"_s_csrf_x",
+            b"_t_1",
+        ] {
+            assert!(!is_chunk_of(b"_s", no), "{:?}", String::from_utf8_lossy(no));
+        }
     }
 }

@@ -1088,6 +1088,7 @@ fn arbitrary_requests_never_panic() {
             }
             Decision::Reply(r) => seen[if r.status == 302 { 1 } else { 2 }] += 1,
             Decision::ExchangeCode { .. } => seen[3] += 1,
+            Decision::Refresh(_) => panic!("no refresh without cookie_refresh"),
         }
     }
     // The inputs reach every kind of decision.

@@ -64,6 +64,7 @@ fn cookies() {
         claims: ["248289761001".into(), "alice@example.com".into(), "alice".into()],
         groups: vec![],
         attrs: vec![],
+        tokens: None,
     };
     put("session_cookie", "valid-key-a", mode(0, s.encode(&c.keys[0], &scope).unwrap()));
     put("session_cookie", "valid-key-b", mode(0, s.encode(&c.keys[1], &scope).unwrap()));

@@ -46,6 +46,7 @@ fn fixture() -> &'static Fixture {
             claims: ["u1".into(), "alice@example.com".into(), "alice".into()],
             groups: vec![],
             attrs: vec![],
+            tokens: None,
         };
         let minted = s.encode(&f.cfg.keys[0], &f.scope()).expect("encodes");
         let (_, p, _) = split3(&minted).expect("three parts");
