@@ -39,7 +39,7 @@ def wasm():
 def ports():
     """Envoy listener ports, reserved up front so the OP can register their redirect URIs."""
     return {n: h.free_port() for n in ("main", "peer", "short", "other", "browser", "hostprefix",
-                                    "policy", "bearer")}
+                                    "policy", "bearer", "sessions", "chunks")}
 
 
 @pytest.fixture(scope="session")

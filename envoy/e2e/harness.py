@@ -138,6 +138,21 @@ class OP:
         r.raise_for_status()
         return r.json()
 
+    def stats(self):
+        """What the token endpoint did: {"grants": {grant_type: n}, "grant_errors": {...},
+        "end_session": n}."""
+        return requests.get("http://127.0.0.1:%d/stats" % self.admin_port, timeout=2).json()
+
+    def grants(self, grant_type):
+        return self.stats()["grants"].get(grant_type, 0)
+
+    def revoke(self, sub):
+        """End every grant of account `sub` (its refresh tokens stop working)."""
+        r = requests.post("http://127.0.0.1:%d/revoke" % self.admin_port, params={"sub": sub},
+                          timeout=5)
+        r.raise_for_status()
+        return r.json()["revoked"]
+
     def misbehave(self, mode=""):
         """Make the token endpoint answer badly (see op/server.mjs); "" turns it off."""
         r = requests.post("http://127.0.0.1:%d/misbehave" % self.admin_port,

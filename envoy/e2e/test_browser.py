@@ -229,3 +229,56 @@ def test_host_prefixed_cookies_log_in_end_to_end(browser, log_dir, ports, op, up
         assert not any(n.startswith("__Host-oidc_csrf_") for n in cookies), list(cookies)
     finally:
         e.stop()
+
+
+def _op_sign_out(wd, op):
+    """Ends the browser's session at the OP (its own end-session page, confirmed)."""
+    wd.get(op.issuer + "/session/end")
+    wd.wait_for(lambda: 'id="logout"' in wd.source(), what="OP sign-out page")
+    wd.click("#logout")
+    wd.wait_for(lambda: "op.logoutForm" not in wd.source(), what="OP signed out")
+
+
+def test_a_three_chunk_session_works_and_shrinks_cleanly(browser, log_dir, ports, op, upstream, wasm):
+    """carol is in 200 groups: with her ID token kept (pass_authorization_header) the session
+    spans three cookies, each under the browser's 4 KB. Chromium keeps and sends all three;
+    the upstream gets her identity and token. Then alice logs in with the same browser: her
+    session needs one cookie, and the two stale chunks are cleared."""
+    e = h.Envoy(log_dir, "envoy-chunks", ports["chunks"], op.port, upstream.port, concurrency=1,
+                overrides={"pass_authorization_header": True, "pass_access_token": True})
+    try:
+        wd = browser
+        _op_sign_out(wd, op)
+        _login_in_browser(wd, e.base + "/big?user=carol", user="carol@example.com")
+        wd.wait_for(lambda: wd.url().startswith(e.base + "/big") and "Signed in as" in wd.source(),
+                    what="app as carol")
+        assert wd.script("return document.getElementById('email').textContent;") == "carol@example.com"
+        cookies = {c["name"]: c for c in wd.cookies() if c["name"].startswith("_oauth2_proxy")}
+        assert set(cookies) == {"_oauth2_proxy", "_oauth2_proxy_1", "_oauth2_proxy_2"}, list(cookies)
+        assert cookies["_oauth2_proxy"]["value"].startswith("3.3.")
+        for c in cookies.values():
+            assert len(c["name"]) + len(c["value"]) < 4096 and c["httpOnly"] is True, c["name"]
+        # Each request carries all three; the upstream sees none of them, and carol's token.
+        src = wd.source()
+        assert "_oauth2_proxy" not in src
+        api = wd.script("""return fetch('/api/who', {headers: {'Accept': 'application/json'}})
+            .then(r => r.json()).then(j => [j.identity['x-forwarded-email'],
+                j.headers.filter(h => h[0] === 'authorization').length]);""")
+        assert api == ["carol@example.com", 1], api
+        # alice in the same browser: the provider's session first, then a new login.
+        _op_sign_out(wd, op)
+        wd.get(e.base + "/oauth2/start?rd=%2Fsmall")
+        wd.wait_for(lambda: "login-form" in wd.source(), what="OP login form")
+        wd.type("#login", "alice@example.com")
+        wd.type("#password", h.PASSWORD)
+        wd.click("#submit")
+        wd.wait_for(lambda: "consent-form" in wd.source() or wd.url().startswith(e.base), what="next")
+        if "consent-form" in wd.source():
+            wd.click("#submit")
+        wd.wait_for(lambda: wd.url().startswith(e.base + "/small") and "Signed in as" in wd.source(),
+                    what="app as alice")
+        assert wd.script("return document.getElementById('email').textContent;") == "alice@example.com"
+        names = sorted(c["name"] for c in wd.cookies() if c["name"].startswith("_oauth2_proxy"))
+        assert names == ["_oauth2_proxy"], names
+    finally:
+        e.stop()

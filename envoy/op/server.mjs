@@ -12,6 +12,7 @@
 // Settings (command line --name=value or environment variable):
 //   --port            OP_PORT            9000
 //   --admin-port      OP_ADMIN_PORT      (off)   admin API: GET /healthz, GET /jwks, POST /rotate,
+//                                                GET /stats (token grants by type), POST /revoke?sub=...,
 //                                                POST /misbehave?mode=... (tests: bad token responses)
 //   --issuer          OP_ISSUER          http://127.0.0.1:PORT
 //   --client-id       OP_CLIENT_ID       demo-client
@@ -82,6 +83,13 @@ const USERS = [
     preferred_username: 'mallory', name: 'Mallory Unverified', password: 'password',
   },
   {
+    // An account in 200 groups: her ID token is about 7 KB (a session that keeps it spans
+    // three cookies).
+    sub: 'carol', email: 'carol@example.com', email_verified: true,
+    preferred_username: 'carol', name: 'Carol Many-Groups', password: 'password',
+    groups: Array.from({ length: 200 }, (_, i) => `team-${String(i).padStart(4, '0')}-engineering`),
+  },
+  {
     // An account outside example.com (for email_domains tests).
     sub: 'eve', email: 'eve@other.test', email_verified: true,
     preferred_username: 'eve', name: 'Eve Other', password: 'password',
@@ -143,6 +151,11 @@ const API_CLIENTS = [
   { id: 'api-client-2', secret: 'api-client-2-secret' },
 ];
 
+// What the token endpoint did (GET /stats on the admin API), and each account's grants (for
+// POST /revoke?sub=...).
+const STATS = { grants: {}, grant_errors: {}, end_session: 0 };
+const GRANTS = new Map();
+
 // Cookie keys stay the same across rotations so interactions/sessions survive a key change.
 const COOKIE_KEYS = [crypto.randomBytes(32).toString('base64url')];
 
@@ -154,7 +167,7 @@ function buildProvider(signingJwk) {
       client_secret: CLIENT_SECRET,
       redirect_uris: REDIRECT_URIS,
       post_logout_redirect_uris: ENVOY_PORTS.flatMap((p) => [`http://127.0.0.1:${p}/`, `http://localhost:${p}/`]),
-      grant_types: ['authorization_code'],
+      grant_types: ['authorization_code', 'refresh_token'],
       response_types: ['code'],
       token_endpoint_auth_method: 'client_secret_basic',
       id_token_signed_response_alg: 'RS256',
@@ -176,6 +189,10 @@ function buildProvider(signingJwk) {
     pkce: {
       required: () => true,
     },
+    // Refresh tokens for the demo client without offline_access, rotated on every use (a
+    // used one presented again revokes the whole grant, as oidc-provider does).
+    issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
+    rotateRefreshToken: true,
     findAccount,
     claims: {
       openid: ['sub'],
@@ -189,7 +206,13 @@ function buildProvider(signingJwk) {
     features: {
       devInteractions: { enabled: false },
       // RP-initiated logout stays available for curious users.
-      rpInitiatedLogout: { enabled: true },
+      rpInitiatedLogout: {
+        enabled: true,
+        logoutSource: async (ctx, form) => {
+          ctx.body = page('Sign out', `<h1>Sign out of the provider?</h1>${form}
+<button autofocus type="submit" form="op.logoutForm" value="yes" name="logout" id="logout">Yes, sign me out</button>`);
+        },
+      },
       clientCredentials: { enabled: true },
       // JWT access tokens for one API (RFC 8707 resource, RFC 9068 format).
       resourceIndicators: {
@@ -225,6 +248,7 @@ function buildProvider(signingJwk) {
       Session: 3600,
       Grant: 3600,
       ClientCredentials: 300,
+      RefreshToken: 3600,
     },
     renderError(ctx, out) {
       ctx.type = 'html';
@@ -232,6 +256,20 @@ function buildProvider(signingJwk) {
     },
   });
   provider.on('server_error', (ctx, err) => log('server_error', err && err.message));
+  provider.on('grant.success', (ctx) => {
+    const type = ctx.oidc.params.grant_type;
+    STATS.grants[type] = (STATS.grants[type] || 0) + 1;
+    const grant = ctx.oidc.entities.Grant;
+    if (grant && grant.accountId) {
+      if (!GRANTS.has(grant.accountId)) GRANTS.set(grant.accountId, new Set());
+      GRANTS.get(grant.accountId).add(grant.jti);
+    }
+  });
+  provider.on('grant.error', (ctx) => {
+    const type = (ctx.oidc && ctx.oidc.params && ctx.oidc.params.grant_type) || 'unknown';
+    STATS.grant_errors[type] = (STATS.grant_errors[type] || 0) + 1;
+  });
+  provider.on('end_session.success', () => { STATS.end_session += 1; });
   return provider;
 }
 
@@ -504,6 +542,24 @@ if (ADMIN_PORT) {
     if (path === '/healthz') return json(200, { ok: true, kid: currentJwk.kid });
     if (path === '/jwks') return json(200, { keys: [publicJwk(currentJwk)] });
     if (path === '/rotate' && req.method === 'POST') return json(200, rotateKey());
+    if (path === '/stats') return json(200, STATS);
+    if (path === '/revoke' && req.method === 'POST') {
+      // Ends every grant of an account, as an administrator revoking a user would: its
+      // refresh tokens stop working (invalid_grant).
+      const sub = new URL(req.url, 'http://x').searchParams.get('sub') || '';
+      const ids = [...(GRANTS.get(sub) || [])];
+      GRANTS.delete(sub);
+      Promise.all(ids.map(async (id) => {
+        const grant = await provider.Grant.find(id);
+        if (grant) await grant.destroy();
+        await provider.RefreshToken.adapter.revokeByGrantId(id);
+        await provider.AccessToken.adapter.revokeByGrantId(id);
+      })).then(() => {
+        log(`revoked ${ids.length} grant(s) of ${sub}`);
+        json(200, { revoked: ids.length });
+      }, (err) => json(500, { error: String(err && err.message) }));
+      return undefined;
+    }
     if (path === '/misbehave' && req.method === 'POST') {
       const mode = new URL(req.url, 'http://x').searchParams.get('mode') || '';
       if (mode && !MISBEHAVE_MODES.has(mode)) return json(400, { error: 'unknown mode', modes: [...MISBEHAVE_MODES] });
@@ -513,7 +569,8 @@ if (ADMIN_PORT) {
     }
     return json(404, {
       error: 'not found',
-      endpoints: ['GET /healthz', 'GET /jwks', 'POST /rotate', 'POST /misbehave?mode=...'],
+      endpoints: ['GET /healthz', 'GET /jwks', 'GET /stats', 'POST /rotate', 'POST /revoke?sub=...',
+        'POST /misbehave?mode=...'],
     });
   });
   admin.listen(ADMIN_PORT, '127.0.0.1', () => log(`admin API on 127.0.0.1:${ADMIN_PORT} (POST /rotate)`));
