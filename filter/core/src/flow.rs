@@ -1680,10 +1680,18 @@ pub fn on_refresh_response(
         Some(s) => s,
     };
     if status == 400 || status == 401 {
-        return Refreshed::Revoked(format!(
-            "token endpoint answered {status} {}",
-            oauth_error_code(body).unwrap_or("")
-        ));
+        let code = oauth_error_code(body).unwrap_or("");
+        // Refreshed moments ago by another replica (its refresh token spent there)? For a
+        // short while after the session fell due, a refusal leaves it working as it is.
+        let due = pending.session.tokens.as_ref().map_or(0, |t| {
+            t.refreshed_at.saturating_add(cfg.cookie.refresh_secs)
+        });
+        if ctx.now < due.saturating_add(crate::refresh::refusal_grace(cfg.cookie.refresh_secs)) {
+            return Refreshed::Failed(format!(
+                "token endpoint answered {status} {code} within the grace period after the session fell due"
+            ));
+        }
+        return Refreshed::Revoked(format!("token endpoint answered {status} {code}"));
     }
     if status != 200 {
         return Refreshed::Failed(format!("token endpoint answered {status}"));

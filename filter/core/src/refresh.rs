@@ -30,6 +30,13 @@ pub const GRACE_SECS: u64 = 60;
 pub const BACKOFF_SECS: u64 = 10;
 /// How long a refreshed grant's refusal is remembered (others of that session get it too).
 pub const REVOKED_SECS: u64 = 60;
+/// How long after a session falls due a refusal of its refresh leaves it working (another
+/// replica may have refreshed it, spending its refresh token): `cookie_refresh`, at most 60 s.
+/// After that, a refusal is a new login.
+pub fn refusal_grace(refresh_secs: u64) -> u64 {
+    refresh_secs.min(60)
+}
+
 /// Most records kept; when full, the one closest to expiry goes.
 pub const MAX_ENTRIES: usize = 512;
 

@@ -325,7 +325,6 @@ fn a_revoked_grant_means_a_new_login_or_401_never_a_loop() {
     let cfg = refresh_config(json!({}));
     let cookies = login_with(&cfg, json!({}));
     let mut e = loaded(cfg.clone());
-    let later = NOW + 61;
     let mut list = Vec::new();
     let mut calls = Vec::new();
     let refused = || {
@@ -334,6 +333,24 @@ fn a_revoked_grant_means_a_new_login_or_401_never_a_loop() {
             br#"{"error":"invalid_grant","error_description":"grant request is invalid"}"#.to_vec(),
         )
     };
+    // Within the grace period after it fell due (cookie_refresh, at most 60 s: another replica
+    // may have spent the refresh token), a refusal leaves the session working.
+    let soon = NOW + 61;
+    let mut s = Stream::new(7);
+    let req = api(&cookies);
+    let step = s.handle_request(&mut e, &req, soon, &mut random());
+    let Step::Forward(f) = drive(&mut e, &mut s, step, &mut list, soon, &mut calls, &refused)
+    else {
+        panic!()
+    };
+    assert!(f.set_cookies.is_empty());
+    assert!(
+        f.log.as_deref().unwrap().contains("grace period"),
+        "{:?}",
+        f.log
+    );
+    // Past it: a new login.
+    let later = NOW + 60 + 60 + refresh::BACKOFF_SECS;
     // A browser: sent to the provider, the session's cookies cleared.
     let browser = with_cookies(get("/app/page"), &cookies);
     let mut s = Stream::new(1);
@@ -384,7 +401,7 @@ fn a_revoked_grant_means_a_new_login_or_401_never_a_loop() {
         header(&r, "www-authenticate"),
         Some("Cookie realm=\"oidc-filter\"")
     );
-    assert_eq!(calls.len(), 1);
+    assert_eq!(calls.len(), 2);
 }
 
 #[test]
