@@ -362,6 +362,11 @@ impl Session {
                 let values = list(r.lp_str().ok_or(SessionError::Malformed)?);
                 attrs.push((path, values));
             }
+            // `payload` writes the tail only when it holds something: an empty one is a
+            // second spelling of the same session, never minted.
+            if groups.is_empty() && attrs.is_empty() {
+                return Err(SessionError::Malformed);
+            }
         }
         Ok(Session {
             expires_at,
@@ -639,6 +644,25 @@ mod tests {
         let mut big = sample();
         big.groups = (0..400).map(|i| format!("group-number-{i}")).collect();
         assert_eq!(big.encode(&k[0], &sc("_s")), None);
+    }
+
+    #[test]
+    fn an_empty_tail_is_not_a_second_spelling() {
+        // Found by fuzzing: the tail with no group and no claim decoded to the session
+        // without a tail, whose cookie is other bytes.
+        let k = keys(&[A]);
+        let mut p = sample().payload().unwrap();
+        assert_eq!(from_payload_ok(&p), Ok(sample()));
+        p.extend_from_slice(&[0, 0]);
+        let v = seal(&k[0].session, SESSION_LABEL, &sc("_s"), &p);
+        assert_eq!(
+            Session::verify(&k, &sc("_s"), &v, 1100, DAY),
+            Err(SessionError::Malformed)
+        );
+    }
+
+    fn from_payload_ok(p: &[u8]) -> Result<Session, SessionError> {
+        Session::from_payload(p)
     }
 
     #[test]

@@ -61,17 +61,40 @@ fn cookies() {
     let s = Session {
         expires_at: NOW + 3600,
         issued_at: NOW - 60,
-        claims: ["248289761001".into(), "alice@example.com".into(), "alice".into()],
+        claims: [
+            "248289761001".into(),
+            "alice@example.com".into(),
+            "alice".into(),
+        ],
         groups: vec![],
         attrs: vec![],
         tokens: None,
     };
-    put("session_cookie", "valid-key-a", mode(0, s.encode(&c.keys[0], &scope).unwrap()));
-    put("session_cookie", "valid-key-b", mode(0, s.encode(&c.keys[1], &scope).unwrap()));
-    let old = Session { expires_at: NOW - 1, ..s.clone() };
-    put("session_cookie", "expired", mode(0, old.encode(&c.keys[0], &scope).unwrap()));
+    put(
+        "session_cookie",
+        "valid-key-a",
+        mode(0, s.encode(&c.keys[0], &scope).unwrap()),
+    );
+    put(
+        "session_cookie",
+        "valid-key-b",
+        mode(0, s.encode(&c.keys[1], &scope).unwrap()),
+    );
+    let old = Session {
+        expires_at: NOW - 1,
+        ..s.clone()
+    };
+    put(
+        "session_cookie",
+        "expired",
+        mode(0, old.encode(&c.keys[0], &scope).unwrap()),
+    );
     let other = c.providers[0].scope("_other");
-    put("session_cookie", "other-name", mode(0, s.encode(&c.keys[0], &other).unwrap()));
+    put(
+        "session_cookie",
+        "other-name",
+        mode(0, s.encode(&c.keys[0], &other).unwrap()),
+    );
     put("session_cookie", "malformed", mode(0, "2.AAAA.AAAA"));
     let mut p = Vec::new();
     p.extend_from_slice(&(NOW + 3600).to_be_bytes());
@@ -89,12 +112,31 @@ fn cookies() {
         state: STATE.into(),
         return_url: "/reports/2024?tab=q3".into(),
     };
-    put("login_cookie", "valid-key-a", mode(0, flow.encode(&c.keys[0], &fscope).unwrap()));
-    put("login_cookie", "valid-key-b", mode(0, flow.encode(&c.keys[1], &fscope).unwrap()));
-    let old = LoginFlow { expires_at: NOW, ..flow.clone() };
-    put("login_cookie", "expired", mode(0, old.encode(&c.keys[0], &fscope).unwrap()));
+    put(
+        "login_cookie",
+        "valid-key-a",
+        mode(0, flow.encode(&c.keys[0], &fscope).unwrap()),
+    );
+    put(
+        "login_cookie",
+        "valid-key-b",
+        mode(0, flow.encode(&c.keys[1], &fscope).unwrap()),
+    );
+    let old = LoginFlow {
+        expires_at: NOW,
+        ..flow.clone()
+    };
+    put(
+        "login_cookie",
+        "expired",
+        mode(0, old.encode(&c.keys[0], &fscope).unwrap()),
+    );
     // A session cookie where a flow cookie should be: the MAC labels differ.
-    put("login_cookie", "session-mac", mode(0, s.encode(&c.keys[0], &fscope).unwrap()));
+    put(
+        "login_cookie",
+        "session-mac",
+        mode(0, s.encode(&c.keys[0], &fscope).unwrap()),
+    );
     let mut p = Vec::new();
     p.extend_from_slice(&(NOW + 600).to_be_bytes());
     lp(&mut p, STATE);
@@ -158,7 +200,11 @@ fn header_maps() {
         vec![],
     ];
     for (i, m) in maps.iter().enumerate() {
-        put("header_map", &format!("{i:02}"), headermap::serialize(m).unwrap());
+        put(
+            "header_map",
+            &format!("{i:02}"),
+            headermap::serialize(m).unwrap(),
+        );
     }
 }
 
@@ -186,7 +232,11 @@ fn configs() {
                "cookie_samesite": "none", "cookie_secure": false, "frobnicate": 1}),
     ];
     for (i, c) in configs.iter().enumerate() {
-        put("config", &format!("{i:02}.json"), serde_json::to_vec_pretty(c).unwrap());
+        put(
+            "config",
+            &format!("{i:02}.json"),
+            serde_json::to_vec_pretty(c).unwrap(),
+        );
     }
 }
 
@@ -208,8 +258,13 @@ fn jwk_ec(k: &p256::ecdsa::SigningKey, kid: &str) -> Value {
 
 fn jwks(k: &Keys) {
     let main = json!({"keys": [jwk_rsa(&k.rsa.to_public_key(), "rsa-0"), jwk_ec(&k.ec, "ec-0")]});
-    put("jwks", "rsa-and-ec.json", serde_json::to_vec_pretty(&main).unwrap());
-    let weak = rsa::RsaPrivateKey::new(&mut rand_chacha::ChaCha20Rng::seed_from_u64(1), 1024).unwrap();
+    put(
+        "jwks",
+        "rsa-and-ec.json",
+        serde_json::to_vec_pretty(&main).unwrap(),
+    );
+    let weak =
+        rsa::RsaPrivateKey::new(&mut rand_chacha::ChaCha20Rng::seed_from_u64(1), 1024).unwrap();
     let mixed = json!({"keys": [
         jwk_rsa(&weak.to_public_key(), "weak-1024"),
         {"kty": "RSA", "kid": "enc", "use": "enc", "n": "AQAB", "e": "AQAB"},
@@ -220,7 +275,11 @@ fn jwks(k: &Keys) {
         {"kty": 3, "kid": []},
         "not an object"
     ]});
-    put("jwks", "skipped-keys.json", serde_json::to_vec_pretty(&mixed).unwrap());
+    put(
+        "jwks",
+        "skipped-keys.json",
+        serde_json::to_vec_pretty(&mixed).unwrap(),
+    );
     put("jwks", "empty.json", br#"{"keys":[]}"#);
 }
 
@@ -233,11 +292,19 @@ fn discovery() {
         "response_types_supported": ["code"],
         "id_token_signing_alg_values_supported": ["RS256", "ES256"],
     });
-    put("discovery", "good.json", serde_json::to_vec_pretty(&good).unwrap());
+    put(
+        "discovery",
+        "good.json",
+        serde_json::to_vec_pretty(&good).unwrap(),
+    );
     let mut other = good.clone();
     other["issuer"] = "https://issuer.example.com/".into();
     other["jwks_uri"] = "file:///etc/passwd".into();
-    put("discovery", "wrong.json", serde_json::to_vec_pretty(&other).unwrap());
+    put(
+        "discovery",
+        "wrong.json",
+        serde_json::to_vec_pretty(&other).unwrap(),
+    );
 }
 
 fn claims(nonce: &str) -> Value {
@@ -249,11 +316,18 @@ fn claims(nonce: &str) -> Value {
 }
 
 fn signing_input(header: &Value, claims: &Value) -> String {
-    format!("{}.{}", b64url(header.to_string().as_bytes()), b64url(claims.to_string().as_bytes()))
+    format!(
+        "{}.{}",
+        b64url(header.to_string().as_bytes()),
+        b64url(claims.to_string().as_bytes())
+    )
 }
 
 fn rs256(k: &Keys, claims: &Value) -> String {
-    let input = signing_input(&json!({"alg": "RS256", "kid": "rsa-0", "typ": "JWT"}), claims);
+    let input = signing_input(
+        &json!({"alg": "RS256", "kid": "rsa-0", "typ": "JWT"}),
+        claims,
+    );
     let sk = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(k.rsa.clone());
     format!("{input}.{}", b64url(&sk.sign(input.as_bytes()).to_vec()))
 }
@@ -272,27 +346,67 @@ fn body(t: &str) -> Vec<u8> {
 
 fn tokens(k: &Keys) {
     let c = claims(NONCE);
-    put("token_response", "rs256-valid", mode(0, body(&rs256(k, &c))));
+    put(
+        "token_response",
+        "rs256-valid",
+        mode(0, body(&rs256(k, &c))),
+    );
     let h = json!({"alg": "ES256", "kid": "ec-0"});
-    put("token_response", "es256-valid", mode(0, body(&es256(k, &h, &c))));
-    put("token_response", "es256-no-kid", mode(0, body(&es256(k, &json!({"alg": "ES256"}), &c))));
-    put("token_response", "rs256-bad-nonce", mode(0, body(&rs256(k, &claims("other")))));
+    put(
+        "token_response",
+        "es256-valid",
+        mode(0, body(&es256(k, &h, &c))),
+    );
+    put(
+        "token_response",
+        "es256-no-kid",
+        mode(0, body(&es256(k, &json!({"alg": "ES256"}), &c))),
+    );
+    put(
+        "token_response",
+        "rs256-bad-nonce",
+        mode(0, body(&rs256(k, &claims("other")))),
+    );
     let none = format!("{}.", signing_input(&json!({"alg": "none"}), &c));
     put("token_response", "alg-none", mode(0, body(&none)));
-    put("token_response", "no-id-token", mode(0, br#"{"access_token":"at","token_type":"Bearer"}"#));
-    put("token_response", "error", mode(0, br#"{"error":"invalid_grant"}"#));
+    put(
+        "token_response",
+        "no-id-token",
+        mode(0, br#"{"access_token":"at","token_type":"Bearer"}"#),
+    );
+    put(
+        "token_response",
+        "error",
+        mode(0, br#"{"error":"invalid_grant"}"#),
+    );
     // Claims signed by the target itself (mode 1), and header + claims (mode 3).
     put("token_response", "claims-valid", mode(1, c.to_string()));
     let many = json!({"iss": ISSUER, "aud": ["app", "api"], "azp": "app", "sub": "u",
                       "exp": NOW + 60, "iat": NOW, "nbf": NOW - 10, "nonce": NONCE,
                       "email_verified": "true"});
-    put("token_response", "claims-many-aud", mode(1, many.to_string()));
-    put("token_response", "header-claims-valid", mode(3, format!("{h}\n{c}")));
-    put("token_response", "header-claims-rs256", mode(3, format!("{}\n{c}", json!({"alg": "RS256", "kid": "rsa-0"}))));
+    put(
+        "token_response",
+        "claims-many-aud",
+        mode(1, many.to_string()),
+    );
+    put(
+        "token_response",
+        "header-claims-valid",
+        mode(3, format!("{h}\n{c}")),
+    );
+    put(
+        "token_response",
+        "header-claims-rs256",
+        mode(
+            3,
+            format!("{}\n{c}", json!({"alg": "RS256", "kid": "rsa-0"})),
+        ),
+    );
 }
 
 fn main() {
-    let rsa = rsa::RsaPrivateKey::new(&mut rand_chacha::ChaCha20Rng::seed_from_u64(100), 2048).unwrap();
+    let rsa =
+        rsa::RsaPrivateKey::new(&mut rand_chacha::ChaCha20Rng::seed_from_u64(100), 2048).unwrap();
     let ec = p256::ecdsa::SigningKey::from_slice(&EC_SCALAR).unwrap();
     let k = Keys { rsa, ec };
     cookies();

@@ -38,9 +38,16 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     assert!(!c.keys.is_empty(), "no cookie key");
-    assert!(c.prefix.starts_with('/') && !c.prefix.ends_with('/'), "{:?}", c.prefix);
+    assert!(
+        c.prefix.starts_with('/') && !c.prefix.ends_with('/'),
+        "{:?}",
+        c.prefix
+    );
     for p in [&c.sign_out_path, &c.start_path, &c.auth_path] {
-        assert!(p.starts_with(&c.prefix) && p.len() > c.prefix.len(), "{p:?}");
+        assert!(
+            p.starts_with(&c.prefix) && p.len() > c.prefix.len(),
+            "{p:?}"
+        );
     }
     assert!(c.callback_path.starts_with('/'), "{:?}", c.callback_path);
     if let RedirectUrl::Path(p) = &c.redirect_url {
@@ -59,16 +66,25 @@ fuzz_target!(|data: &[u8]| {
     // Every site names a provider that exists.
     for site in c.hosts.iter().map(|h| &h.site).chain([&c.default_site]) {
         if let Site::Protect { provider, .. } = site {
-            assert!(*provider < c.providers.len(), "site names provider {provider}");
+            assert!(
+                *provider < c.providers.len(),
+                "site names provider {provider}"
+            );
         }
     }
     for h in &c.hosts {
         assert!(!h.patterns.is_empty(), "a hosts entry without a host");
     }
     for (i, p) in c.providers.iter().enumerate() {
-        assert!(c.providers[..i].iter().all(|q| q.name != p.name), "{:?} twice", p.name);
+        assert!(
+            c.providers[..i].iter().all(|q| q.name != p.name),
+            "{:?} twice",
+            p.name
+        );
         if !c.cookie.domains.is_empty() {
-            assert!(c.providers[..i].iter().all(|q| q.cookie_name != p.cookie_name));
+            assert!(c.providers[..i]
+                .iter()
+                .all(|q| q.cookie_name != p.cookie_name));
         }
         assert!(!p.client_id.is_empty() && !p.client_secret.expose().is_empty());
         assert_eq!(p.cookie_binding, format!("{}\n{}", p.issuer, p.client_id));
@@ -86,7 +102,10 @@ fuzz_target!(|data: &[u8]| {
         // Discovery is fetched from the issuer's own origin, at the well-known path, and
         // the issuer is the canonical string of that URL (iss is compared exactly).
         let d = &p.discovery_url;
-        assert!(d.path().ends_with("/.well-known/openid-configuration"), "{d}");
+        assert!(
+            d.path().ends_with("/.well-known/openid-configuration"),
+            "{d}"
+        );
         assert!(d.query().is_none() && d.fragment().is_none(), "{d}");
         assert!(
             d.as_str().starts_with(p.issuer.trim_end_matches('/')),
@@ -103,7 +122,11 @@ fuzz_target!(|data: &[u8]| {
     // fetch source of its own; an audience; accepted algorithms only.
     let sources: Vec<&str> = c.sources().map(|s| s.issuer.as_str()).collect();
     for j in &c.jwt_issuers {
-        assert_eq!(sources.get(j.fetch).copied(), Some(j.source.issuer.as_str()), "{j:?}");
+        assert_eq!(
+            sources.get(j.fetch).copied(),
+            Some(j.source.issuer.as_str()),
+            "{j:?}"
+        );
         assert!(!j.audiences.is_empty() && j.audiences.iter().all(|a| !a.is_empty()));
         assert!(j
             .algorithms

@@ -13,7 +13,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use oidc_filter_core::http::{cookie_pieces, parse_cookie_header, strip_cookies, CookiePiece, Request};
+use oidc_filter_core::http::{
+    cookie_pieces, parse_cookie_header, strip_cookies, CookiePiece, Request,
+};
 
 fn trimmed(b: &[u8]) -> bool {
     !matches!(b.first(), Some(b' ' | b'\t')) && !matches!(b.last(), Some(b' ' | b'\t'))
@@ -66,7 +68,11 @@ fuzz_target!(|data: &[u8]| {
                 "the rewritten header still holds a dropped cookie: {:?}",
                 String::from_utf8_lossy(&out)
             );
-            assert_eq!(strip_cookies(&out, drop), None, "stripping is not idempotent");
+            assert_eq!(
+                strip_cookies(&out, drop),
+                None,
+                "stripping is not idempotent"
+            );
         }
     }
 

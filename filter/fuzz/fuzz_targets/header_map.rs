@@ -27,13 +27,24 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(parse(&again).as_deref(), Some(&pairs[..]), "round trip");
 
     let req = Request::from_pairs(&pairs);
-    let _ = (req.path_only(), req.query(), req.host(), req.header("cookie"));
+    let _ = (
+        req.path_only(),
+        req.query(),
+        req.host(),
+        req.header("cookie"),
+    );
     let _ = req.cookies().count();
     assert!(req.path.starts_with(req.path_only()));
     for (k, _) in &req.headers {
-        assert!(!k.starts_with(':'), "a pseudo-header among the headers: {k:?}");
+        assert!(
+            !k.starts_with(':'),
+            "a pseudo-header among the headers: {k:?}"
+        );
     }
-    let n_plain = pairs.iter().filter(|(k, _)| k.first() != Some(&b':')).count();
+    let n_plain = pairs
+        .iter()
+        .filter(|(k, _)| k.first() != Some(&b':'))
+        .count();
     assert_eq!(req.headers.len(), n_plain);
     if let Some((_, p)) = pairs.iter().rev().find(|(k, _)| *k == b":path") {
         assert_eq!(req.path, String::from_utf8_lossy(p));

@@ -15,7 +15,11 @@ fuzz_target!(|data: &[u8]| {
     };
     for k in &ks.keys {
         if let KeyMaterial::Rsa(pk) = &k.material {
-            assert!(pk.n().bits() >= MIN_RSA_BITS, "a {}-bit RSA key kept", pk.n().bits());
+            assert!(
+                pk.n().bits() >= MIN_RSA_BITS,
+                "a {}-bit RSA key kept",
+                pk.n().bits()
+            );
         }
         if let Some(kid) = &k.kid {
             assert!(ks.has_kid(kid));

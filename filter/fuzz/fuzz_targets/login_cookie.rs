@@ -35,7 +35,8 @@ fn fixture() -> &'static Fixture {
             "cookie_secret": ["q83vEjRWeJCrze8SNFZ4kA==", "BjsqLqI3hVQyzn3bvtp9kg=="]
         }"#;
         let cfg = Config::parse(json, &|_| None).expect("fixed config parses");
-        let name = flow_cookie_name(&cfg.providers[0].cookie_name, STATE).expect("state is long enough");
+        let name =
+            flow_cookie_name(&cfg.providers[0].cookie_name, STATE).expect("state is long enough");
         let f = Fixture { cfg, name };
         let flow = LoginFlow {
             expires_at: NOW + 600,

@@ -11,16 +11,20 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use oidc_filter_core::http::host_of_authority;
 use oidc_filter_core::domain::{DomainPattern, LeadingDot};
+use oidc_filter_core::http::host_of_authority;
 use oidc_filter_core::redirect::{validate_return_url, MAX_RETURN_URL};
 use url::Url;
 
 fn whitelist() -> Vec<String> {
-    [".trusted.example", "exact.example:8443", "anyport.example:*"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    [
+        ".trusted.example",
+        "exact.example:8443",
+        "anyport.example:*",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 /// The whitelist rule, written out again: `.d` is `d` and its subdomains, `d` is `d` alone;
@@ -76,7 +80,11 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(joined.host_str(), Some("app.example.com"), "{out:?}");
     } else {
         let u = Url::parse(&out).expect("an absolute return URL parses");
-        assert_eq!(u.as_str(), out, "the URL returned is the URL's own serialization");
+        assert_eq!(
+            u.as_str(),
+            out,
+            "the URL returned is the URL's own serialization"
+        );
         assert!(
             u.scheme() == "https" || u.scheme() == "http",
             "scheme {} accepted: {out:?}",

@@ -17,7 +17,9 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use oidc_filter_core::oidc::{id_token_from_response, validate_id_token, Expected, KeySet, ACCEPTED_ALGS};
+use oidc_filter_core::oidc::{
+    id_token_from_response, validate_id_token, Expected, KeySet, ACCEPTED_ALGS,
+};
 use oidc_filter_core::util::{b64_any_decode, b64url};
 use p256::ecdsa::signature::Signer;
 use serde_json::Value;
@@ -41,7 +43,10 @@ fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
         let keys = KeySet::parse(JWKS).expect("fixed JWKS parses");
-        assert!(keys.has_kid("rsa-0") && keys.has_kid("ec-0"), "fixed JWKS lost a key");
+        assert!(
+            keys.has_kid("rsa-0") && keys.has_kid("ec-0"),
+            "fixed JWKS lost a key"
+        );
         let ec = p256::ecdsa::SigningKey::from_slice(&EC_SCALAR).expect("a P-256 scalar");
         let f = Fixture { keys, ec };
         // The key set must hold ec-0's public half, or mode 1 and 3 test nothing.
@@ -117,15 +122,25 @@ fuzz_target!(|data: &[u8]| {
     let claims: Value = b64_any_decode(parts[1])
         .and_then(|b| serde_json::from_slice(&b).ok())
         .expect("accepted token's claims are base64 JSON");
-    let alg = header.get("alg").and_then(Value::as_str).unwrap_or_default();
+    let alg = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     assert!(ACCEPTED_ALGS.contains(&alg), "alg {alg:?} accepted");
     if we_signed {
-        assert_eq!(alg, "ES256", "an ES256 signature verified under alg {alg:?}");
+        assert_eq!(
+            alg, "ES256",
+            "an ES256 signature verified under alg {alg:?}"
+        );
     }
     if let Some(kid) = header.get("kid").and_then(Value::as_str) {
         assert!(f.keys.has_kid(kid));
     }
-    assert_eq!(claims.get("iss").and_then(Value::as_str), Some(ISSUER), "iss");
+    assert_eq!(
+        claims.get("iss").and_then(Value::as_str),
+        Some(ISSUER),
+        "iss"
+    );
     let auds: Vec<&str> = match claims.get("aud") {
         Some(Value::String(a)) => vec![a.as_str()],
         Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
@@ -147,11 +162,27 @@ fuzz_target!(|data: &[u8]| {
         let nbf = nbf.as_f64().expect("numeric nbf");
         assert!(nbf <= now + leeway, "nbf in the future accepted: {nbf}");
     }
-    assert_eq!(claims.get("nonce").and_then(Value::as_str), Some(NONCE), "nonce");
-    let sub = claims.get("sub").and_then(Value::as_str).unwrap_or_default();
-    assert!(!sub.is_empty() && id.sub == sub, "sub {sub:?} vs {:?}", id.sub);
+    assert_eq!(
+        claims.get("nonce").and_then(Value::as_str),
+        Some(NONCE),
+        "nonce"
+    );
+    let sub = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    assert!(
+        !sub.is_empty() && id.sub == sub,
+        "sub {sub:?} vs {:?}",
+        id.sub
+    );
     // Every claim a session keeps is the token's, by name.
     for (spec, got) in oidc_filter_core::claims::CLAIMS.iter().zip(&id.claims) {
-        assert_eq!(got.as_deref(), claims.get(spec.name).and_then(Value::as_str), "{}", spec.name);
+        assert_eq!(
+            got.as_deref(),
+            claims.get(spec.name).and_then(Value::as_str),
+            "{}",
+            spec.name
+        );
     }
 });
