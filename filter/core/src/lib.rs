@@ -23,4 +23,5 @@ pub mod refresh;
 pub mod replay;
 pub mod routes;
 pub mod session;
+pub mod telemetry;
 pub mod util;
