@@ -35,6 +35,7 @@ pub const CLAIMS: [ClaimSpec; 3] = [
 /// Positions in `CLAIMS` of the claims the filter itself reads.
 pub const SUB: usize = 0;
 pub const EMAIL: usize = 1;
+pub const PREFERRED_USERNAME: usize = 2;
 
 /// A session's claim values, in `CLAIMS` order; empty when the ID token had none fit for a
 /// header (see `flow::clean_claim`).

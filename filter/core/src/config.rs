@@ -280,6 +280,12 @@ pub struct Config {
     pub sign_out_path: String,
     pub start_path: String,
     pub auth_path: String,
+    /// `{prefix}/userinfo`: the session's identity as JSON.
+    pub userinfo_path: String,
+    /// `ping_path` / `ready_path` (`None`: off): liveness, and readiness (every provider's
+    /// metadata and keys loaded).
+    pub ping_path: Option<String>,
+    pub ready_path: Option<String>,
     pub cookie: CookieConfig,
     /// First signs, all verify.
     pub keys: Vec<KeySet>,
@@ -456,6 +462,8 @@ enum Section {
 
 const KEYS: &[(&str, Section)] = &[
     ("proxy_prefix", Section::Global),
+    ("ping_path", Section::Global),
+    ("ready_path", Section::Global),
     ("redirect_url", Section::Global),
     ("cookie_secret", Section::Global),
     ("cookie_secret_env", Section::Global),
@@ -812,6 +820,20 @@ impl Config {
             );
         }
         let (redirect_url, callback_path) = redirect_from(&mut f, &prefix);
+        // Under the prefix by default (ours: no collision with the upstream's paths); `""`
+        // turns one off; another path (oauth2-proxy's `/ping`) takes it from the upstream.
+        let mut probe = |key: &str, name: &str| -> Option<String> {
+            let p = f.string(key).unwrap_or_else(|| format!("{prefix}/{name}"));
+            if p.is_empty() {
+                return None;
+            }
+            if !valid_path(&p) || p.contains('?') {
+                f.err(key, "must be a path starting with / (or \"\" for off)");
+            }
+            Some(p)
+        };
+        let ping_path = probe("ping_path", "ping");
+        let ready_path = probe("ready_path", "ready");
         let cookie = cookie_from(&mut f);
         let keys = keys_from(&mut f, env);
         let whitelist_domains = f
@@ -971,6 +993,9 @@ impl Config {
                 sign_out_path: format!("{prefix}/sign_out"),
                 start_path: format!("{prefix}/start"),
                 auth_path: format!("{prefix}/auth"),
+                userinfo_path: format!("{prefix}/userinfo"),
+                ping_path,
+                ready_path,
                 prefix,
                 redirect_url,
                 callback_path,

@@ -237,6 +237,69 @@ pub struct Ctx<'a> {
     pub bearer: Option<&'a RefCell<BearerCache>>,
 }
 
+/// `ping_path` (200) and `ready_path` (200 once every provider's metadata and keys are
+/// loaded, else 503), on any host; `None` for other paths.
+fn probe(ctx: &Ctx<'_>, req: &Request) -> Option<LocalReply> {
+    let cfg = ctx.config;
+    let path = req.path_only();
+    let plain = |reason: Reason, body: &str| LocalReply {
+        status: reason.status(),
+        headers: vec![
+            ("content-type".into(), "text/plain; charset=utf-8".into()),
+            ("cache-control".into(), "no-store".into()),
+            ("x-oidc-filter-reason".into(), reason.code().into()),
+        ],
+        body: body.into(),
+        reason,
+        detail: None,
+    };
+    if cfg.ping_path.as_deref() == Some(path) {
+        return Some(plain(Reason::Ping, "OK\n"));
+    }
+    if cfg.ready_path.as_deref() == Some(path) {
+        let waiting: Vec<&str> = cfg
+            .providers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| ctx.idps.idp(*i).is_none())
+            .map(|(_, p)| p.name.as_str())
+            .collect();
+        if waiting.is_empty() {
+            return Some(plain(Reason::Ready, "OK\n"));
+        }
+        let mut r = not_ready();
+        r.detail = Some(format!("not ready: {}", waiting.join(", ")));
+        return Some(r);
+    }
+    None
+}
+
+/// oauth2-proxy's `/oauth2/userinfo`: the session's identity as JSON.
+fn userinfo(s: &Session) -> LocalReply {
+    let mut body = serde_json::json!({
+        "user": s.sub(),
+        "email": s.email(),
+        "preferredUsername": s.claims[crate::claims::PREFERRED_USERNAME],
+    });
+    if !s.groups.is_empty() {
+        body["groups"] = serde_json::json!(s.groups);
+    }
+    LocalReply {
+        status: Reason::UserInfo.status(),
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("cache-control".into(), "no-store".into()),
+            (
+                "x-oidc-filter-reason".into(),
+                Reason::UserInfo.code().into(),
+            ),
+        ],
+        body: body.to_string(),
+        reason: Reason::UserInfo,
+        detail: None,
+    }
+}
+
 /// A request on a protected host: its provider, and the policy the host sets.
 struct Here<'a> {
     config: &'a Config,
@@ -326,6 +389,9 @@ pub fn on_request(
     random: &mut dyn FnMut() -> Option<[u8; 32]>,
 ) -> Decision {
     let cfg = ctx.config;
+    if let Some(r) = probe(ctx, req) {
+        return Decision::Reply(r);
+    }
     let (index, policy) = match cfg.site_for(&req.host()) {
         Site::Protect { provider, policy } => (*provider, policy),
         Site::Pass => return Decision::Continue(forward_via(cfg, req, Via::Unprotected)),
@@ -408,6 +474,13 @@ pub fn on_request(
         },
         None => current_session(&here, req),
     };
+    if path == cfg.userinfo_path {
+        return Decision::Reply(match session {
+            SessionState::Valid(s) => userinfo(&s),
+            SessionState::Denied(reason) => denied(reason),
+            SessionState::None => unauthorized(policy.bearer),
+        });
+    }
     let auth = path == cfg.auth_path;
     if let (None, SessionState::Valid(s)) = (bearer, &session) {
         if let Some(d) = keep_session(&here, req, s, auth, policy.bearer, random) {

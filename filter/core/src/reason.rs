@@ -40,6 +40,12 @@ macro_rules! reasons {
 reasons! {
     /// `/oauth2/auth` with a valid session.
     Authenticated = "authenticated", 202, Debug;
+    /// `/oauth2/userinfo` with a valid session: its identity as JSON.
+    UserInfo = "userinfo", 200, Debug;
+    /// `ping_path`: the filter is running.
+    Ping = "ping", 200, Debug;
+    /// `ready_path`: every provider's metadata and keys are loaded.
+    Ready = "ready", 200, Debug;
     /// No valid session, and not a browser navigation (or `/oauth2/auth`).
     Unauthenticated = "unauthenticated", 401, Debug;
     /// Sent to the provider's authorization endpoint.
