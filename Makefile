@@ -15,7 +15,7 @@ SOURCES   := $(shell find filter/src filter/core/src -name '*.rs') filter/Cargo.
 NOOP_WASM := dist/noop.wasm
 FLOOR_WASM := dist/cookie_floor.wasm
 
-.PHONY: help wasm test unit lint fmt-check e2e host-tests demo bench bench-host image istio-test clean fuzz fuzz-replay
+.PHONY: help check wasm test unit lint fmt-check e2e host-tests demo bench bench-host image istio-test clean fuzz fuzz-replay
 
 help:
 	@echo "make demo | make test | make wasm | make bench | make image"
@@ -36,12 +36,18 @@ $(FLOOR_WASM): filter/examples/cookie_floor.rs filter/Cargo.toml Cargo.toml filt
 	bash filter/build-wasm.sh $@ --example cookie_floor
 
 unit:
-	cargo test -p oidc-filter-core -p oidc-filter
+	cargo test -p oidc-filter-core -p oidc-filter -p oidc-filter-cli
 
 lint:
-	cargo clippy -p oidc-filter-core -p oidc-filter --all-targets -- -D warnings
+	cargo clippy -p oidc-filter-core -p oidc-filter -p oidc-filter-cli --all-targets -- -D warnings
 	cargo clippy -p oidc-filter-core -p oidc-filter --lib --release -- -D warnings
 	cargo clippy -p host-tests --all-targets -- -D warnings
+
+# The filter's config validation on a JSON config, an Envoy YAML or an Istio WasmPlugin:
+#   make check CONFIG=istio/wasmplugin.yaml [CHECK_ARGS="--env NAME=VALUE"]
+CONFIG ?= envoy/envoy.yaml
+check:
+	cargo run -q -p oidc-filter-cli -- check $(CONFIG) $(CHECK_ARGS)
 
 fmt-check:
 	cargo fmt --all -- --check

@@ -213,15 +213,17 @@ class Envoy:
         return r.status_code == 200
 
     def wait_idp_ready(self, timeout=20):
-        """Wait until the filter has loaded discovery + JWKS (login start no longer 503)."""
+        """Wait until the filter has loaded discovery + JWKS in every worker VM."""
         def ready():
             if not self.proc.alive():
                 raise RuntimeError("%s exited:\n%s" % (self.name, self.proc.tail()))
-            # Several requests: each worker thread has its own VM and its own IdP state.
-            for _ in range(4):
-                r = requests.get(self.base + "/__readiness_probe", headers=HTML,
-                                 allow_redirects=False, timeout=2)
-                if r.status_code != 302:
+            # Each worker thread has its own VM and its own IdP state, and each connection
+            # goes to one of them: 16 ready answers in a row on new connections miss a
+            # worker with a chance of 2^-15 (two workers).
+            for _ in range(16):
+                r = requests.get(self.base + "/oauth2/ready", allow_redirects=False, timeout=2,
+                                 headers={"Connection": "close"})
+                if r.status_code != 200:
                     return False
             return True
         wait_until(ready, timeout, "%s filter IdP-ready (302 on login start)" % self.name, 0.2)
