@@ -4,6 +4,8 @@
 #   envoy/op/node_modules  oidc-provider (npm ci from envoy/op/package-lock.json)
 #   --browser              also Debian's chromium + chromium-driver (for the browser e2e tests)
 #   --prometheus           also Debian's prometheus (the demo scrapes Envoy's metrics with it)
+#   --ingress              also Debian's nginx + libnginx-mod-http-set-misc and prometheus (the
+#                          e2e test of the ingress-nginx auth-url setup)
 # Needs python3 and node/npm (Node >= 20). Uses only the package registries (PyPI, npm, apt).
 set -euo pipefail
 
@@ -13,11 +15,13 @@ mkdir -p "$STAMPS"
 
 want_browser=0
 want_prometheus=0
+want_nginx=0
 for arg in "$@"; do
   case "$arg" in
     --browser) want_browser=1 ;;
     --prometheus) want_prometheus=1 ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    --ingress) want_prometheus=1; want_nginx=1 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -78,7 +82,14 @@ if [ "$want_browser" = 1 ]; then
   fi
 fi
 
-# ---- Prometheus (optional: the demo)
+# ---- nginx with set-misc (optional: the ingress-nginx e2e test)
+if [ "$want_nginx" = 1 ] && { ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ] \
+    || [ ! -f /usr/lib/nginx/modules/ngx_http_set_misc_module.so ]; }; then
+  say "apt-get install nginx libnginx-mod-http-set-misc"
+  apt_install nginx libnginx-mod-http-set-misc
+fi
+
+# ---- Prometheus (optional: the demo, the ingress-nginx e2e test)
 if [ "$want_prometheus" = 1 ] && ! command -v prometheus >/dev/null 2>&1; then
   say "apt-get install prometheus"
   apt_install prometheus

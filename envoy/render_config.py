@@ -81,7 +81,8 @@ def render(listen_port=8080, admin_port=9901, idp_port=9000, upstream_port=8081,
     cfg["admin"]["address"]["socket_address"]["port_value"] = admin_port
     cfg["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = listen_port
     _set_cluster_port(cfg, "idp", idp_port)
-    _set_cluster_port(cfg, "upstream", upstream_port)
+    if any(c["name"] == "upstream" for c in cfg["static_resources"]["clusters"]):
+        _set_cluster_port(cfg, "upstream", upstream_port)
     wasm = _wasm_config(cfg)
     if wasm_path:
         wasm["vm_config"]["code"]["local"]["filename"] = os.path.abspath(wasm_path)

@@ -10,7 +10,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
 
 if [ "${E2E_BROWSER:-0}" = 1 ]; then
-  "$HERE/install.sh" --browser
+  "$HERE/install.sh" --browser --ingress
 else
   "$HERE/install.sh"
 fi

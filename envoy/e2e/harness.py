@@ -181,7 +181,7 @@ class Envoy:
     """One Envoy process running envoy/envoy.yaml rendered with test ports and settings."""
 
     def __init__(self, log_dir, name, port, idp_port, upstream_port, overrides=None,
-                 wait_idp=True, concurrency=2, extra_idps=None):
+                 wait_idp=True, concurrency=2, extra_idps=None, base=None):
         self.name = name
         self.port = port
         self.admin_port = free_port()
@@ -190,7 +190,8 @@ class Envoy:
                   "cookie_secret": COOKIE_SECRET}
         plugin.update(overrides or {})
         cfg = render_config.render(port, self.admin_port, idp_port, upstream_port,
-                                   wasm_path(), plugin)
+                                   wasm_path(), plugin,
+                                   base=render_config.load_base(base) if base else None)
         # More providers: a copy of the "idp" cluster per name, to another port.
         for cname, cport in (extra_idps or {}).items():
             render_config.add_cluster_like(cfg, "idp", cname, cport)
