@@ -215,6 +215,28 @@ fn find(doc: &Value, at: &str, out: &mut Vec<Found>) {
             });
             return;
         }
+        // A ConfigMap holding an Envoy config (or the filter's JSON) in its data.
+        if o.get("kind").and_then(Value::as_str) == Some("ConfigMap") {
+            let name = o
+                .get("metadata")
+                .and_then(|m| m.get("name"))
+                .and_then(Value::as_str)
+                .unwrap_or("?");
+            for (key, text) in o
+                .get("data")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+            {
+                let Some(text) = text.as_str() else { continue };
+                let Ok(inner) = documents(text) else { continue };
+                let here = join(at, &format!("ConfigMap {name} {key}"));
+                for d in &inner {
+                    find(d, &here, out);
+                }
+            }
+            return;
+        }
         if o.get("kind").and_then(Value::as_str) == Some("WasmPlugin") {
             let name = o
                 .get("metadata")

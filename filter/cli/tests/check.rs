@@ -46,6 +46,21 @@ fn the_shipped_envoy_and_istio_configs_are_accepted() {
 }
 
 #[test]
+fn the_auth_service_configmap_is_checked_inside() {
+    let f = repo("envoy/k8s/authservice/configmap.yaml");
+    let (code, out) = run(&["check", &f]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("ConfigMap oidc-filter-envoy envoy.yaml"),
+        "{out}"
+    );
+    assert!(
+        out.contains("not checked: OIDC_CLIENT_SECRET, OIDC_COOKIE_SECRET"),
+        "{out}"
+    );
+}
+
+#[test]
 fn every_wrong_field_of_a_json_config_is_named() {
     let f = write("good.json", GOOD);
     assert_eq!(run(&["check", &f]).0, 0);
