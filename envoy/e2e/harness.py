@@ -111,14 +111,21 @@ class Proc:
 class OP:
     """The local OpenID provider (node envoy/op/server.mjs)."""
 
-    def __init__(self, log_dir, envoy_ports, port=None, name="op", redirect_uris=None):
+    def __init__(self, log_dir, envoy_ports, port=None, name="op", redirect_uris=None,
+                 tls=None):
+        """tls: (cert, key, ca) PEM paths: serve HTTPS as https://localhost:PORT."""
         self.port = port or free_port()
         self.admin_port = free_port()
         self.issuer = "http://127.0.0.1:%d" % self.port
+        self.verify = True
         argv = ["node", os.path.join(ENVOY_DIR, "op", "server.mjs"),
                 "--port", str(self.port), "--admin-port", str(self.admin_port),
                 "--client-id", CLIENT_ID, "--client-secret", CLIENT_SECRET,
                 "--envoy-ports", ",".join(str(p) for p in envoy_ports)]
+        if tls:
+            self.issuer = "https://localhost:%d" % self.port
+            self.verify = tls[2]
+            argv += ["--issuer", self.issuer, "--tls-cert", tls[0], "--tls-key", tls[1]]
         if redirect_uris:
             argv += ["--redirect-uris", ",".join(redirect_uris)]
         self.proc = Proc(name, argv, log_dir)
@@ -127,7 +134,8 @@ class OP:
     def _ready(self):
         if not self.proc.alive():
             raise RuntimeError("OP exited:\n" + self.proc.tail())
-        r = requests.get(self.issuer + "/.well-known/openid-configuration", timeout=1)
+        r = requests.get(self.issuer + "/.well-known/openid-configuration", timeout=1,
+                         verify=self.verify)
         return r.status_code == 200
 
     def kid(self):

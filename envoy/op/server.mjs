@@ -21,13 +21,17 @@
 //                                        http://localhost:P/oauth2/callback for each P in ENVOY_PORTS
 //   --envoy-ports     ENVOY_PORTS        8080
 //   --id-token-ttl    OP_ID_TOKEN_TTL    3600 (seconds)
+//   --tls-cert        OP_TLS_CERT        (off) PEM certificate: serve HTTPS
+//   --tls-key         OP_TLS_KEY         (off) its PEM private key
 //   --quiet           OP_QUIET           no per-request log lines
 //
 // API clients: `api-client` / `api-client-secret` gets RS256 JWT access tokens (RFC 9068,
 // typ at+jwt) from the client-credentials grant, for the resource urn:oidc-filter:api (its
 // aud), with groups ["robots"]; `api-client-2` gets the same without groups.
 import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
 import * as http from 'node:http';
+import * as https from 'node:https';
 import * as querystring from 'node:querystring';
 
 import Provider from 'oidc-provider';
@@ -51,6 +55,9 @@ const CLIENT_ID = setting('client-id', 'OP_CLIENT_ID', 'demo-client');
 const CLIENT_SECRET = setting('client-secret', 'OP_CLIENT_SECRET', 'demo-client-secret-change-me');
 const ENVOY_PORTS = setting('envoy-ports', 'ENVOY_PORTS', '8080').split(',').map((s) => s.trim()).filter(Boolean);
 const ID_TOKEN_TTL = Number(setting('id-token-ttl', 'OP_ID_TOKEN_TTL', '3600'));
+// --tls-cert / --tls-key: serve HTTPS (the issuer URL then starts with https://).
+const TLS_CERT = setting('tls-cert', 'OP_TLS_CERT', '');
+const TLS_KEY = setting('tls-key', 'OP_TLS_KEY', '');
 const QUIET = process.argv.includes('--quiet') || ['1', 'true'].includes(process.env.OP_QUIET || '');
 const REDIRECT_URIS = (setting('redirect-uris', 'OP_REDIRECT_URIS', '')
   || ENVOY_PORTS.flatMap((p) => [
@@ -505,7 +512,11 @@ function misbehaveTokenResponse(res, mode) {
 // ---------------------------------------------------------------- servers
 const INTERACTION_RE = /^\/interaction\/([A-Za-z0-9_-]+)(?:\/(abort))?$/;
 
-const server = http.createServer(async (req, res) => {
+const serve = (handler) => (TLS_CERT
+  ? https.createServer({ cert: fs.readFileSync(TLS_CERT), key: fs.readFileSync(TLS_KEY) }, handler)
+  : http.createServer(handler));
+
+const server = serve(async (req, res) => {
   const path = (req.url || '/').split('?')[0];
   if (!QUIET) log(req.method, path);
   const m = INTERACTION_RE.exec(path);
