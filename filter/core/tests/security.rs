@@ -401,3 +401,47 @@ fn weak_secrets_refused_and_client_secret_taken_whole() {
     let errs = parse(json!({"client_secret": ["a", "b"]}), &none).unwrap_err();
     assert_eq!(errs[0].field, "client_secret");
 }
+
+#[test]
+fn non_ascii_host_names_are_refused() {
+    // IDNA is ASCII-only (idna_adapter 1.0.0): a host written with other letters, such as a
+    // Cyrillic "а" in place of "a", is no host at all, in a return URL or in the config.
+    let wl = vec![oidc_filter_core::domain::DomainPattern::parse(
+        ".example.com",
+        oidc_filter_core::domain::LeadingDot::WithSubdomains,
+        false,
+    )
+    .unwrap()];
+    let ok = oidc_filter_core::redirect::validate_return_url(
+        "https://apps.example.com/x",
+        "app.example.com",
+        &wl,
+    );
+    assert_eq!(ok.as_deref(), Some("https://apps.example.com/x"));
+    for rd in [
+        "https://аpps.example.com/x",
+        "https://apps.exаmple.com/x",
+        "https://ex\u{0430}mple.com/",
+    ] {
+        assert_eq!(
+            oidc_filter_core::redirect::validate_return_url(rd, "app.example.com", &wl),
+            None,
+            "{rd}"
+        );
+    }
+    let errs = oidc_filter_core::config::Config::parse(
+        serde_json::json!({
+            "oidc_issuer_url": "https://іssuer.example.com", "client_id": "c",
+            "client_secret": "s", "cookie_secret": SECRET_A, "idp_cluster": "idp",
+        })
+        .to_string()
+        .as_bytes(),
+        &|_| None,
+    )
+    .unwrap_err();
+    assert!(
+        errs.iter()
+            .any(|e| e.to_string().contains("oidc_issuer_url")),
+        "{errs:?}"
+    );
+}
