@@ -161,6 +161,8 @@ struct Shared {
 struct Metrics {
     ids: HashMap<String, u32>,
     pending: HashMap<String, i64>,
+    /// Decisions by (reason code, provider index): a request costs one small-key update.
+    decisions: HashMap<(&'static str, Option<usize>), i64>,
     /// Callouts in flight: token → (endpoint, dispatched at, ms).
     inflight: HashMap<u32, (&'static str, u64)>,
 }
@@ -191,11 +193,12 @@ impl Metrics {
         }
     }
 
-    fn decision(&mut self, code: &str, provider: &str) {
-        self.count(
-            telemetry::DECISIONS,
-            &[("reason", code), ("provider", provider)],
-        );
+    fn decision(&mut self, code: &'static str, provider: Option<usize>) {
+        if let Some(n) = self.decisions.get_mut(&(code, provider)) {
+            *n += 1;
+        } else if self.decisions.len() < MAX_METRICS {
+            self.decisions.insert((code, provider), 1);
+        }
     }
 
     fn refreshes(&mut self, outcomes: Vec<&'static str>) {
@@ -238,7 +241,17 @@ impl Metrics {
     }
 
     /// Adds the counts kept since the last flush to the host's counters.
-    fn flush(&mut self) {
+    fn flush(&mut self, config: Option<&Config>) {
+        for ((code, provider), n) in std::mem::take(&mut self.decisions) {
+            let name = provider
+                .and_then(|i| config?.providers.get(i))
+                .map_or("none", |p| p.name.as_str());
+            let metric = telemetry::metric_name(
+                telemetry::DECISIONS,
+                &[("reason", code), ("provider", name)],
+            );
+            *self.pending.entry(metric).or_insert(0) += n;
+        }
         for (name, n) in std::mem::take(&mut self.pending) {
             if let Some(id) = self.id(hostcall::METRIC_COUNTER, &name) {
                 let _ = hostcall::increment_metric(id, n);
@@ -285,9 +298,11 @@ impl Root {
             engine.fetch_sent(&f, sent, now, &mut logs);
         }
         for (_, r) in &answers {
-            shared.metrics.decision(r.reason.code(), "none");
+            shared.metrics.decision(r.reason.code(), None);
         }
-        shared.metrics.flush();
+        shared
+            .metrics
+            .flush(shared.engine.as_ref().map(|e| &e.config));
         drop(guard);
         emit(logs);
         if answers.is_empty() {
@@ -431,12 +446,11 @@ impl Filter {
     }
 
     fn reply(&mut self, level: LogLevel, r: &LocalReply) -> Action {
-        let label = self.stream.label();
-        send_reply(level, r, Some(label));
+        send_reply(level, r, self.stream.label());
         self.shared
             .borrow_mut()
             .metrics
-            .decision(r.reason.code(), &label.provider);
+            .decision(r.reason.code(), self.stream.provider());
         Action::Pause
     }
 
@@ -466,19 +480,16 @@ impl Filter {
                         }
                     }
                     drop(shared);
-                    let label = self.stream.label();
                     if let Some(line) = &fwd.log {
                         if enabled(level, LogLevel::Info) {
-                            log(
-                                LogLevel::Info,
-                                &format!("oidc-filter: {line} {}", label.fields()),
-                            );
+                            let fields = self.stream.label().map(Label::fields).unwrap_or_default();
+                            log(LogLevel::Info, &format!("oidc-filter: {line} {fields}"));
                         }
                     }
                     self.shared
                         .borrow_mut()
                         .metrics
-                        .decision(fwd.via.code(), &label.provider);
+                        .decision(fwd.via.code(), self.stream.provider());
                     self.response_cookies = fwd.set_cookies;
                     return Action::Continue;
                 }

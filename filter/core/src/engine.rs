@@ -382,7 +382,10 @@ enum State {
 pub struct Stream {
     id: u32,
     state: State,
-    label: Label,
+    /// The host's provider (index into `Config::providers`), for metrics.
+    provider: Option<usize>,
+    /// For the decision log; made only for a request that is not a plain pass.
+    label: Option<Label>,
     /// Refresh outcomes (`telemetry::REFRESHES`) since the glue last took them.
     refreshes: Vec<&'static str>,
 }
@@ -392,7 +395,8 @@ impl Stream {
         Stream {
             id,
             state: State::Fresh,
-            label: Label::default(),
+            provider: None,
+            label: None,
             refreshes: Vec::new(),
         }
     }
@@ -415,16 +419,18 @@ impl Stream {
             return self.reply(flow::error_reply(Reason::InternalError, None));
         }
         let host = req.host();
-        let provider = match engine.config.site_for(&host) {
-            Site::Protect { provider, .. } => engine
-                .config
-                .providers
-                .get(*provider)
-                .map_or("none", |p| p.name.as_str()),
-            _ => "none",
+        self.provider = match engine.config.site_for(&host) {
+            Site::Protect { provider, .. } => Some(*provider),
+            _ => None,
         };
-        self.label = Label::new(provider, &host, req.path_only());
         let decision = flow::on_request(&engine.ctx(now), req, random);
+        if !matches!(&decision, Decision::Continue(f) if f.log.is_none()) {
+            let name = self
+                .provider
+                .and_then(|i| engine.config.providers.get(i))
+                .map_or("none", |p| p.name.as_str());
+            self.label = Some(Label::new(name, &host, req.path_only()));
+        }
         if !engine.bearer.get_mut().unknown_kids.is_empty() {
             engine.note_unknown_kids(now);
         }
@@ -481,9 +487,14 @@ impl Stream {
         self.pass(p)
     }
 
-    /// The request's provider, host and path, for the decision log and metrics.
-    pub fn label(&self) -> &Label {
-        &self.label
+    /// The request's provider, host and path, for the decision log (`None` for a plain pass).
+    pub fn label(&self) -> Option<&Label> {
+        self.label.as_ref()
+    }
+
+    /// The request's provider (index into `Config::providers`), for metrics.
+    pub fn provider(&self) -> Option<usize> {
+        self.provider
     }
 
     /// The refresh outcomes since the last call (`telemetry::REFRESHES`' `outcome`).
