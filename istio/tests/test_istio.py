@@ -6,7 +6,7 @@
   fields rejected as `kubectl apply` does), plus the CRDs' CEL rules (x-kubernetes-validations)
   re-implemented in Python, with a check that every rule in the schemas is one we implement;
 - the files of each manifest set agree (env names, Secret keys, clusters, hosts, gateways);
-- each pluginConfig passes the filter's own config validation (cargo ... check-config);
+- each pluginConfig passes the filter's own config validation (`oidc-filter check`);
 - istio/build-image.py makes a valid, reproducible OCI image that Istio's puller accepts.
 """
 
@@ -759,7 +759,7 @@ def test_placeholder_digest_is_the_same_everywhere():
 # Tests: the filter accepts each pluginConfig (its own validation, via cargo)
 
 def _check_config_cmd(config_file: Path, env: dict) -> list[str]:
-    cmd = ["cargo", "run", "-q", "-p", "oidc-filter", "--example", "check-config", "--", str(config_file)]
+    cmd = ["cargo", "run", "-q", "-p", "oidc-filter-cli", "--", "check", str(config_file)]
     for k, v in env.items():
         cmd += ["--env", f"{k}={v}"]
     return cmd
@@ -798,8 +798,8 @@ def test_check_config_refuses_a_bad_config(tmp_path):
                        capture_output=True, text=True, timeout=1800)
     out = r.stdout + r.stderr
     assert r.returncode == 1, f"exit {r.returncode}:\n{out}"
-    assert re.search(r"^oidc-filter: config: cookie_samesite: ", out, re.M), out
-    assert re.search(r"^oidc-filter: config: .*no_such_option", out, re.M), out
+    assert re.search(r"^\S+: oidc-filter: config: cookie_samesite: ", out, re.M), out
+    assert re.search(r"^\S+: oidc-filter: config: .*no_such_option", out, re.M), out
 
 
 # ======================================================================================

@@ -873,17 +873,7 @@ fn auth_ok(cfg: &Config, query: &[(String, String)], s: &Session) -> LocalReply 
 fn redirect_uri(cfg: &Config, req: &Request) -> Option<String> {
     match &cfg.redirect_url {
         RedirectUrl::Absolute(u) => Some(u.clone()),
-        RedirectUrl::Path(p) => {
-            if !valid_authority(&req.authority) {
-                return None;
-            }
-            let scheme = if req.scheme.eq_ignore_ascii_case("http") {
-                "http"
-            } else {
-                "https"
-            };
-            Some(format!("{scheme}://{}{p}", req.authority))
-        }
+        RedirectUrl::Path(p) => absolute_url(req, p),
     }
 }
 

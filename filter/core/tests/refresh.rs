@@ -171,6 +171,21 @@ fn drive(
     }
 }
 
+/// One request at `now` whose refresh the token endpoint answers 200 with `body`.
+fn refresh_once(e: &mut Engine, req: &Request<'static>, now: u64, body: &[u8]) -> Step {
+    let mut s = Stream::new(1);
+    let step = s.handle_request(e, req, now, &mut random());
+    drive(
+        e,
+        &mut s,
+        step,
+        &mut Vec::new(),
+        now,
+        &mut Vec::new(),
+        &|| ok(200, body.to_vec()),
+    )
+}
+
 fn forwarded_of(req: &Request<'static>, cfg: &Config, f: &Forward) -> Vec<(String, String)> {
     forwarded(cfg, req, f)
 }
@@ -467,18 +482,8 @@ fn a_refreshed_id_token_for_another_user_is_refused() {
     c["sub"] = json!("user-2");
     c["exp"] = json!(later + 300);
     let body = refreshed_body("at-2", None, Some(id_token_with(c)));
-    let mut s = Stream::new(1);
     let req = api(&cookies);
-    let step = s.handle_request(&mut e, &req, later, &mut random());
-    let Step::Forward(f) = drive(
-        &mut e,
-        &mut s,
-        step,
-        &mut Vec::new(),
-        later,
-        &mut Vec::new(),
-        &|| ok(200, body.clone()),
-    ) else {
+    let Step::Forward(f) = refresh_once(&mut e, &req, later, &body) else {
         panic!()
     };
     assert!(f
@@ -621,18 +626,8 @@ fn a_refresh_applies_the_new_groups_at_once() {
     c["exp"] = json!(later + 300);
     c["groups"] = json!(["contractors"]);
     let body = refreshed_body("at-2", None, Some(id_token_with(c)));
-    let mut s = Stream::new(1);
     let req = api(&cookies);
-    let step = s.handle_request(&mut e, &req, later, &mut random());
-    let Step::Reply(r) = drive(
-        &mut e,
-        &mut s,
-        step,
-        &mut Vec::new(),
-        later,
-        &mut Vec::new(),
-        &|| ok(200, body.clone()),
-    ) else {
+    let Step::Reply(r) = refresh_once(&mut e, &req, later, &body) else {
         panic!()
     };
     assert_eq!(
