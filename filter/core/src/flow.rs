@@ -1841,6 +1841,11 @@ pub fn on_refresh_response(
                     }
                 };
             let email = clean_claim(identity.email());
+            let allow_unverified =
+                pending_policy(cfg, pending).is_some_and(|p| p.allow_unverified_email);
+            if !email.is_empty() && identity.email_verified == Some(false) && !allow_unverified {
+                return Refreshed::Revoked("the refreshed ID token's email is not verified".into());
+            }
             s.claims = std::array::from_fn(|i| match i {
                 SUB => clean_claim(Some(&identity.sub)),
                 EMAIL => email.clone(),

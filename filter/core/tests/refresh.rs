@@ -645,3 +645,26 @@ fn a_refresh_applies_the_new_groups_at_once() {
     };
     assert_eq!(r.reason.code(), "group_not_allowed");
 }
+
+#[test]
+fn a_refreshed_id_token_with_an_unverified_email_ends_the_session() {
+    let cfg = refresh_config(json!({}));
+    let cookies = login_with(&cfg, json!({}));
+    let mut e = loaded(cfg.clone());
+    let later = NOW + 60 + 61;
+    let mut c = claims("");
+    c.as_object_mut().unwrap().remove("nonce");
+    c["exp"] = json!(later + 300);
+    c["email_verified"] = json!(false);
+    let body = refreshed_body("at-2", None, Some(id_token_with(c)));
+    let req = api(&cookies);
+    let Step::Reply(r) = refresh_once(&mut e, &req, later, &body) else {
+        panic!()
+    };
+    assert_eq!(
+        (r.status, r.reason.code()),
+        (401, "refresh_refused"),
+        "{r:?}"
+    );
+    assert!(r.detail.unwrap().contains("not verified"));
+}
