@@ -297,8 +297,10 @@ impl Root {
             shared.metrics.sent(f.callout.endpoint, &sent);
             engine.fetch_sent(&f, sent, now, &mut logs);
         }
-        for (_, r) in &answers {
-            shared.metrics.decision(r.reason.code(), None);
+        for a in &answers {
+            shared
+                .metrics
+                .decision(a.reply.reason.code(), Some(a.provider));
         }
         shared
             .metrics
@@ -308,9 +310,9 @@ impl Root {
         if answers.is_empty() {
             return;
         }
-        for (id, r) in answers {
-            if hostcall::set_effective_context(id).is_ok() {
-                send_reply(level, &r, None);
+        for a in answers {
+            if hostcall::set_effective_context(a.stream).is_ok() {
+                send_reply(level, &a.reply, None);
             }
         }
         let _ = hostcall::set_effective_context(self.context_id);

@@ -282,7 +282,7 @@ impl Engine {
     /// The waiting logins to answer now (keys came, or they waited `KEY_WAIT_SECS`), each
     /// validated once more with the keys held now; a kid still missing is remembered as
     /// refused. The glue sends each reply on its stream's context.
-    pub fn poll_answers(&mut self, now: u64) -> Vec<(u32, LocalReply)> {
+    pub fn poll_answers(&mut self, now: u64) -> Vec<Answer> {
         // Called on every tick: nothing to sort out (or allocate) when nobody waits.
         if self.waiters.is_empty() {
             return Vec::new();
@@ -304,7 +304,11 @@ impl Engine {
                     TokenOutcome::Reply(r) => r,
                     TokenOutcome::RefetchJwks(_) => flow::error_reply(Reason::InternalError, None),
                 };
-            out.push((w.stream, r));
+            out.push(Answer {
+                stream: w.stream,
+                provider: w.provider,
+                reply: r,
+            });
         }
         out
     }
@@ -317,6 +321,14 @@ impl Engine {
     pub fn waiting(&self) -> usize {
         self.waiters.len()
     }
+}
+
+/// A waiting login's reply (`Engine::poll_answers`), for its stream, of its provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub stream: u32,
+    pub provider: usize,
+    pub reply: LocalReply,
 }
 
 /// What the glue does next for a stream.

@@ -217,11 +217,11 @@ fn logins_waiting_for_a_new_key_share_one_refetch() {
     });
     assert_eq!(fetches, 1);
     let answers = e.poll_answers(NOW + 1);
-    let mut ids: Vec<u32> = answers.iter().map(|(id, _)| *id).collect();
+    let mut ids: Vec<u32> = answers.iter().map(|a| a.stream).collect();
     ids.sort();
     assert_eq!(ids, [10, 11, 12]);
-    for (_, r) in &answers {
-        assert_eq!(r.reason.code(), "login_complete");
+    for a in &answers {
+        assert_eq!((a.reply.reason.code(), a.provider), ("login_complete", 0));
     }
     assert_eq!(e.waiting(), 0);
 }
@@ -250,9 +250,9 @@ fn a_key_that_never_comes_times_out_and_a_left_client_is_forgotten() {
     assert!(e.poll_answers(NOW + KEY_WAIT_SECS - 1).is_empty());
     let answers = e.poll_answers(NOW + KEY_WAIT_SECS);
     assert_eq!(answers.len(), 1);
-    assert_eq!(answers[0].0, 1);
+    assert_eq!(answers[0].stream, 1);
     assert_eq!(
-        (answers[0].1.status, answers[0].1.reason.code()),
+        (answers[0].reply.status, answers[0].reply.reason.code()),
         (502, "id_token_invalid")
     );
 }
