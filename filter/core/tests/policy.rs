@@ -45,21 +45,6 @@ fn api(path: &str, s: &(String, String)) -> Request<'static> {
     )
 }
 
-fn upstream(w: &mut World, req: &Request<'static>) -> Vec<(String, String)> {
-    let Decision::Continue(f) = w.request(req) else {
-        panic!("not forwarded")
-    };
-    let cfg = w.config.clone();
-    forwarded(&cfg, req, &f)
-}
-
-fn values<'a>(h: &'a [(String, String)], name: &str) -> Vec<&'a str> {
-    h.iter()
-        .filter(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-        .collect()
-}
-
 #[test]
 fn allowed_groups_at_login_and_on_every_request() {
     let mut w = World::new(config_with(json!({"allowed_groups": ["admins", "ops"]})));

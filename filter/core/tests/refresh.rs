@@ -115,13 +115,6 @@ fn api(cookies: &[(String, String)]) -> Request<'static> {
     with_header(r, "accept", "application/json")
 }
 
-fn values<'a>(h: &'a [(String, String)], name: &str) -> Vec<&'a str> {
-    h.iter()
-        .filter(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-        .collect()
-}
-
 fn refreshed_body(access: &str, refresh: Option<&str>, id: Option<String>) -> Vec<u8> {
     let mut b = json!({"access_token": access, "token_type": "Bearer", "expires_in": 3600});
     if let Some(r) = refresh {

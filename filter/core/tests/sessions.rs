@@ -80,21 +80,6 @@ fn api(path: &str, cookies: &[(String, String)]) -> Request<'static> {
     with_header(r, "accept", "application/json")
 }
 
-fn upstream(w: &mut World, req: &Request<'static>) -> Vec<(String, String)> {
-    let Decision::Continue(f) = w.request(req) else {
-        panic!("not forwarded: {req:?}")
-    };
-    let cfg = w.config.clone();
-    forwarded(&cfg, req, &f)
-}
-
-fn values<'a>(h: &'a [(String, String)], name: &str) -> Vec<&'a str> {
-    h.iter()
-        .filter(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-        .collect()
-}
-
 fn tokens_config() -> oidc_filter_core::config::Config {
     config_with(json!({"pass_access_token": true, "pass_authorization_header": true}))
 }

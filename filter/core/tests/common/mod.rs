@@ -352,3 +352,20 @@ pub fn login(w: &mut World, path: &str) -> (String, String) {
         other => panic!("{other:?}"),
     }
 }
+
+/// What reaches the upstream for `req` (it must be forwarded).
+pub fn upstream(w: &mut World, req: &Request<'static>) -> Vec<(String, String)> {
+    let Decision::Continue(f) = w.request(req) else {
+        panic!("not forwarded: {req:?}")
+    };
+    let cfg = w.config.clone();
+    forwarded(&cfg, req, &f)
+}
+
+/// The values of header `name` in `h`.
+pub fn values<'a>(h: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    h.iter()
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
