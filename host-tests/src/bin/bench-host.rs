@@ -196,6 +196,59 @@ fn main() {
         &|o| assert!(o.is_continued(), "{o:?}"),
     );
 
+    // Sessions that carry more: 50 groups with a group rule and the groups header; and a
+    // sealed session with an access token and the ID token, over three chunk cookies.
+    let session_with = |cfg: serde_json::Value, extra: serde_json::Value, access: String| {
+        let mut h = b().start(&config(cfg)).unwrap_or_else(|e| panic!("{e}"));
+        serve_discovery_and_jwks(&mut h, &[key(0)]);
+        let (_, out) = login_with_response(&mut h, "/app", 200, |l, now| {
+            let mut c = claims(now, &l.nonce);
+            for (k, v) in extra.as_object().unwrap() {
+                c[k] = v.clone();
+            }
+            json!({"access_token": access, "token_type": "Bearer", "expires_in": 3600,
+                   "id_token": id_token(key(0), &c)})
+            .to_string()
+        });
+        let r = out.expect_reply();
+        assert_eq!(r.status, 302, "{r:?}");
+        let mut req = browser("/app/page?x=1").cookie("theme", "dark");
+        let mut n = 0;
+        for c in set_cookies(&r.headers) {
+            if c.name.starts_with(COOKIE) && !c.name.contains("_csrf_") && !c.value.is_empty() {
+                req = req.cookie(&c.name, &c.value);
+                n += 1;
+            }
+        }
+        (h, req, n)
+    };
+    let groups: Vec<String> = (0..50).map(|i| format!("team-{i:02}")).collect();
+    let (mut ghost, greq, _) = session_with(
+        json!({"allowed_groups": ["team-07", "admins"], "pass_groups": true}),
+        json!({"groups": groups}),
+        "at".into(),
+    );
+    measure(
+        &mut ghost,
+        "session_50_groups",
+        "valid session with 50 groups, a group rule, X-Forwarded-Groups",
+        &|h| h.request(greq.clone()),
+        &|o| assert!(o.is_continued(), "{o:?}"),
+    );
+    let (mut chost, creq, chunks) = session_with(
+        json!({"pass_access_token": true, "pass_authorization_header": true}),
+        json!({}),
+        "t".repeat(7000),
+    );
+    assert_eq!(chunks, 3, "a three-chunk session");
+    measure(
+        &mut chost,
+        "chunked_session_tokens",
+        "sealed session over 3 cookies (7 KB access token + ID token) → tokens upstream",
+        &|h| h.request(creq.clone()),
+        &|o| assert!(o.is_continued(), "{o:?}"),
+    );
+
     // Callback: the request up to the token request, then the token response (RS256 check).
     // Each run is a login of its own: a login's code is exchanged once.
     let (mut req_f, mut resp_f, mut total_f) = (Vec::new(), Vec::new(), Vec::new());
@@ -281,6 +334,11 @@ fn main() {
             "bearer: first sight / cached = {:.1}x; cached / session cookie = {:.2}x",
             first as f64 / cached as f64,
             cached as f64 / authed as f64
+        );
+        println!(
+            "vs the authenticated request: 50 groups {:.2}x, chunked session with tokens {:.2}x",
+            fuel_of("session_50_groups") as f64 / authed as f64,
+            fuel_of("chunked_session_tokens") as f64 / authed as f64
         );
     }
     let json = json!({
