@@ -431,11 +431,12 @@ impl Stream {
             return self.reply(flow::error_reply(Reason::InternalError, None));
         }
         let host = req.host();
-        self.provider = match engine.config.site_for(&host) {
+        let site = engine.config.site_for(&host);
+        self.provider = match site {
             Site::Protect { provider, .. } => Some(*provider),
             _ => None,
         };
-        let decision = flow::on_request(&engine.ctx(now), req, random);
+        let decision = flow::on_request_at(&engine.ctx(now), req, site, random);
         if !matches!(&decision, Decision::Continue(f) if f.log.is_none()) {
             let name = self
                 .provider

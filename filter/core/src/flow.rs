@@ -303,6 +303,8 @@ fn userinfo(s: &Session) -> LocalReply {
 /// A request on a protected host: its provider, and the policy the host sets.
 struct Here<'a> {
     config: &'a Config,
+    /// Index of `p` in `Config::providers`.
+    index: usize,
     p: &'a ProviderConfig,
     policy: &'a Policy,
     idp: Option<Idp<'a>>,
@@ -313,6 +315,7 @@ impl<'a> Ctx<'a> {
     fn here(&self, index: usize, policy: &'a Policy) -> Option<Here<'a>> {
         Some(Here {
             config: self.config,
+            index,
             p: self.config.providers.get(index)?,
             policy,
             idp: self.idps.idp(index),
@@ -388,11 +391,22 @@ pub fn on_request(
     req: &Request,
     random: &mut dyn FnMut() -> Option<[u8; 32]>,
 ) -> Decision {
+    let host = req.host();
+    on_request_at(ctx, req, ctx.config.site_for(&host), random)
+}
+
+/// `on_request` with the request's site (`Config::site_for` of its host) already looked up.
+pub fn on_request_at(
+    ctx: &Ctx<'_>,
+    req: &Request,
+    site: &Site,
+    random: &mut dyn FnMut() -> Option<[u8; 32]>,
+) -> Decision {
     let cfg = ctx.config;
     if let Some(r) = probe(ctx, req) {
         return Decision::Reply(r);
     }
-    let (index, policy) = match cfg.site_for(&req.host()) {
+    let (index, policy) = match site {
         Site::Protect { provider, policy } => (*provider, policy),
         Site::Pass => return Decision::Continue(forward_via(cfg, req, Via::Unprotected)),
         Site::Deny => {
@@ -1607,13 +1621,8 @@ fn pending_refresh(
     auth: bool,
 ) -> crate::refresh::PendingRefresh {
     let cfg = here.config;
-    let index = cfg
-        .providers
-        .iter()
-        .position(|p| std::ptr::eq(p, here.p))
-        .unwrap_or(0);
     crate::refresh::PendingRefresh {
-        provider: index,
+        provider: here.index,
         host: req.host(),
         method: req.method.to_string(),
         path: req.path.to_string(),
