@@ -115,6 +115,14 @@ fn api(cookies: &[(String, String)]) -> Request<'static> {
     with_header(r, "accept", "application/json")
 }
 
+/// The claims of an ID token a refresh at `at` returns: no nonce, good for 5 minutes.
+fn refreshed_claims(at: u64) -> Value {
+    let mut c = claims("");
+    c.as_object_mut().unwrap().remove("nonce");
+    c["exp"] = json!(at + 300);
+    c
+}
+
 fn refreshed_body(access: &str, refresh: Option<&str>, id: Option<String>) -> Vec<u8> {
     let mut b = json!({"access_token": access, "token_type": "Bearer", "expires_in": 3600});
     if let Some(r) = refresh {
@@ -210,9 +218,7 @@ fn a_due_session_is_refreshed_once_and_its_cookies_reissued() {
     // Past cookie_refresh: one token call with the refresh token; the new ID token moves the
     // user to another group, and the refresh token rotates.
     let later = NOW + 61;
-    let mut c = claims("");
-    c.as_object_mut().unwrap().remove("nonce");
-    c["exp"] = json!(later + 300);
+    let mut c = refreshed_claims(later);
     c["iat"] = json!(later);
     c["groups"] = json!(["admins"]);
     let body = refreshed_body("at-2", Some("rt-2"), Some(id_token_with(c)));
@@ -471,9 +477,8 @@ fn a_refreshed_id_token_for_another_user_is_refused() {
     let cookies = login_with(&cfg, json!({}));
     let mut e = loaded(cfg.clone());
     let later = NOW + 61;
-    let mut c = claims("");
+    let mut c = refreshed_claims(later);
     c["sub"] = json!("user-2");
-    c["exp"] = json!(later + 300);
     let body = refreshed_body("at-2", None, Some(id_token_with(c)));
     let req = api(&cookies);
     let Step::Forward(f) = refresh_once(&mut e, &req, later, &body) else {
@@ -614,9 +619,7 @@ fn a_refresh_applies_the_new_groups_at_once() {
     let cookies = login_with(&cfg, json!({"groups": ["staff"]}));
     let mut e = loaded(cfg.clone());
     let later = NOW + 61;
-    let mut c = claims("");
-    c.as_object_mut().unwrap().remove("nonce");
-    c["exp"] = json!(later + 300);
+    let mut c = refreshed_claims(later);
     c["groups"] = json!(["contractors"]);
     let body = refreshed_body("at-2", None, Some(id_token_with(c)));
     let req = api(&cookies);
@@ -645,9 +648,7 @@ fn a_refreshed_id_token_with_an_unverified_email_ends_the_session() {
     let cookies = login_with(&cfg, json!({}));
     let mut e = loaded(cfg.clone());
     let later = NOW + 60 + 61;
-    let mut c = claims("");
-    c.as_object_mut().unwrap().remove("nonce");
-    c["exp"] = json!(later + 300);
+    let mut c = refreshed_claims(later);
     c["email_verified"] = json!(false);
     let body = refreshed_body("at-2", None, Some(id_token_with(c)));
     let req = api(&cookies);
