@@ -623,7 +623,7 @@ def check(env, key, reqs, mint):
         s, h, body = request_past_503(port, path, headers)
         cookies = header_values(h, "set-cookie")
         name = mint["session_cookie"]["name"]
-        if s != 302 or not any(c.startswith(f"{name}=1.") for c in cookies):
+        if s != 302 or not any(re.match(rf"{re.escape(name)}=[23]\.", c) for c in cookies):
             fail(f"(f) expected 302 with a session cookie, got {s} {h} {body!r}")
         return "302 with a new session cookie (token endpoint answered, ID token validated)"
     fail(key)
