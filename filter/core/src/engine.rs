@@ -31,6 +31,7 @@ use crate::idp::{FetchKind, IdpState, UnknownKid, KEY_WAIT_SECS};
 use crate::reason::{Level, Reason};
 use crate::refresh::{Pass, Plan, Record, Slot};
 use crate::telemetry::Label;
+use crate::verified::VerifiedSessions;
 use flow::Refreshed;
 
 /// Logins that may wait for keys at once, per VM; more are answered 503 with Retry-After.
@@ -89,6 +90,8 @@ pub struct Engine {
     /// Key ids bearer tokens named, by fetch index, until the next JWKS response of that
     /// issuer says whether they exist (else they are refused for a while).
     bearer_kids: Vec<(usize, String)>,
+    /// Session cookies verified before (see `verified`).
+    sessions: RefCell<VerifiedSessions>,
 }
 
 impl Engine {
@@ -102,6 +105,7 @@ impl Engine {
             waiters: Vec::new(),
             bearer: RefCell::new(BearerCache::default()),
             bearer_kids: Vec::new(),
+            sessions: RefCell::new(VerifiedSessions::default()),
         }
     }
 
@@ -138,6 +142,7 @@ impl Engine {
             idps: &self.idps,
             now,
             bearer: Some(&self.bearer),
+            sessions: Some(&self.sessions),
         }
     }
 

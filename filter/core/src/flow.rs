@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 
 use crate::bearer::BearerCache;
+use crate::verified::VerifiedSessions;
 
 use crate::claims::{ClaimSpec, CLAIMS, EMAIL, SUB};
 use crate::config::{Config, Policy, ProviderConfig, RedirectUrl, SameSite, Site, TokenAuthMethod};
@@ -146,8 +147,16 @@ pub fn header_ops<'a>(
             ops.extend(kept.into_iter().map(|v| HeaderOp::Add(b"cookie", v)));
         }
     }
+    // A header the request does not have is added (Envoy then skips the search for values to
+    // replace); one it has, in any spelling, is replaced.
     for (k, v) in &fwd.set {
-        ops.push(HeaderOp::Replace(k.as_bytes(), Cow::Borrowed(v.as_bytes())));
+        let k = k.as_bytes();
+        let v = Cow::Borrowed(v.as_bytes());
+        if raw.iter().any(|(n, _)| n.eq_ignore_ascii_case(k)) {
+            ops.push(HeaderOp::Replace(k, v));
+        } else {
+            ops.push(HeaderOp::Add(k, v));
+        }
     }
     ops
 }
@@ -235,6 +244,8 @@ pub struct Ctx<'a> {
     pub now: u64,
     /// Verified bearer tokens (`None`: bearer tokens are validated each time).
     pub bearer: Option<&'a RefCell<BearerCache>>,
+    /// Verified session cookies (`None`: each is verified each time).
+    pub sessions: Option<&'a RefCell<VerifiedSessions>>,
 }
 
 /// `ping_path` (200) and `ready_path` (200 once every provider's metadata and keys are
@@ -309,6 +320,7 @@ struct Here<'a> {
     policy: &'a Policy,
     idp: Option<Idp<'a>>,
     now: u64,
+    sessions: Option<&'a RefCell<VerifiedSessions>>,
 }
 
 impl<'a> Ctx<'a> {
@@ -320,6 +332,7 @@ impl<'a> Ctx<'a> {
             policy,
             idp: self.idps.idp(index),
             now: self.now,
+            sessions: self.sessions,
         })
     }
 }
@@ -720,19 +733,28 @@ fn current_session(here: &Here<'_>, req: &Request) -> SessionState {
     let name = &here.p.cookie_name;
     let scope = here.p.scope(name);
     let mut denied = None;
-    let chunk = |i: usize| {
-        let n = crate::session::chunk_name(name, i);
-        req.cookies().find(|(k, _)| *k == n).map(|(_, v)| v)
-    };
-    for (_, v) in req.cookies().filter(|(k, _)| k == name) {
-        let Ok(s) = Session::verify_cookies(
-            &cfg.keys,
-            &scope,
-            v,
-            &chunk,
-            here.now,
-            cfg.cookie.expire_secs,
-        ) else {
+    // One pass over the Cookie headers (a sealed session's may be 20 KB): the cookies of our
+    // name (a browser may send several, from other paths or domains: each is tried) and the
+    // first of each chunk name.
+    let (mut first, mut more) = (None, Vec::new());
+    let mut chunks: [Option<&str>; crate::session::MAX_CHUNKS] = Default::default();
+    for (k, v) in req.cookies() {
+        if k == name {
+            if first.is_none() {
+                first = Some(v);
+            } else {
+                more.push(v);
+            }
+        } else if crate::session::is_chunk_of(name.as_bytes(), k.as_bytes()) {
+            let i = k.as_bytes().last().map_or(0, |d| usize::from(d - b'0'));
+            if let Some(slot @ None) = chunks.get_mut(i) {
+                *slot = Some(v);
+            }
+        }
+    }
+    let chunk = |i: usize| chunks.get(i).copied().flatten();
+    for v in first.into_iter().chain(more) {
+        let Ok(s) = verified_session(here, &scope, v, &chunk) else {
             continue;
         };
         // session_idle_timeout: unused for that long, it is over (a session from before the
@@ -747,6 +769,32 @@ fn current_session(here: &Here<'_>, req: &Request) -> SessionState {
         }
     }
     denied.map_or(SessionState::None, SessionState::Denied)
+}
+
+/// The session cookie `first` (with its chunks) holds: from the VM's cache of verified
+/// cookies when these exact values verified before (the lifetime checked again), else
+/// verified and then kept.
+fn verified_session<'v>(
+    here: &Here<'_>,
+    scope: &crate::session::Scope<'_>,
+    first: &'v str,
+    chunk: &dyn Fn(usize) -> Option<&'v str>,
+) -> Result<Session, crate::session::SessionError> {
+    let max_age = here.config.cookie.expire_secs;
+    let key = here
+        .sessions
+        .and_then(|_| crate::verified::cookie_key(first, chunk));
+    if let (Some(cache), Some(key)) = (here.sessions, &key) {
+        if let Some(s) = cache.borrow_mut().get(here.index, key) {
+            s.check_age(here.now, max_age)?;
+            return Ok(s);
+        }
+    }
+    let s = Session::verify_cookies(&here.config.keys, scope, first, chunk, here.now, max_age)?;
+    if let (Some(cache), Some(key)) = (here.sessions, &key) {
+        cache.borrow_mut().put(here.index, key, &s, here.now);
+    }
+    Ok(s)
 }
 
 /// 403 for a user the policy refuses: its reason, and the way out (another account).

@@ -25,3 +25,4 @@ pub mod routes;
 pub mod session;
 pub mod telemetry;
 pub mod util;
+pub mod verified;

@@ -286,7 +286,8 @@ impl Session {
         Ok(s)
     }
 
-    fn check_age(&self, now: u64, max_age: u64) -> Result<(), SessionError> {
+    /// Refuses a session past its `expires_at` or `max_age` after its login.
+    pub fn check_age(&self, now: u64, max_age: u64) -> Result<(), SessionError> {
         if now >= self.expires_at || now >= self.issued_at.saturating_add(max_age) {
             return Err(SessionError::Expired);
         }

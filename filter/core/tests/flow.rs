@@ -331,6 +331,39 @@ fn our_cookies_leave_every_cookie_header_one_host_call_each() {
         b"cookie",
         std::borrow::Cow::Borrowed(b"a=1")
     )));
+    // Identity headers the request lacks are added; one it has (a forgery, in any spelling)
+    // is replaced, so that only ours reaches the upstream.
+    use oidc_filter_core::flow::HeaderOp;
+    let added = |ops: &[HeaderOp<'_>], name: &[u8]| {
+        ops.iter()
+            .any(|o| matches!(o, HeaderOp::Add(k, _) if *k == name))
+    };
+    assert!(added(&ops, b"x-forwarded-user"), "{ops:?}");
+    assert!(added(&ops, b"x-auth-request-email"), "{ops:?}");
+    let forged = with_header(req.clone(), "X-Forwarded-User", "mallory");
+    let Decision::Continue(f) = w.request(&forged) else {
+        panic!()
+    };
+    let raw: Vec<(&[u8], &[u8])> = forged
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+        .collect();
+    let ops = oidc_filter_core::flow::header_ops(&w.config, &raw, &f);
+    assert!(
+        ops.iter()
+            .any(|o| matches!(o, HeaderOp::Replace(k, _) if *k == b"x-forwarded-user")),
+        "{ops:?}"
+    );
+    assert!(!added(&ops, b"x-forwarded-user"), "{ops:?}");
+    let out = forwarded(&w.config, &forged, &f);
+    let users: Vec<&str> = out
+        .iter()
+        .filter(|(k, _)| k == "x-forwarded-user")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(users.len(), 1, "{out:?}");
+    assert_ne!(users[0], "mallory");
 }
 
 #[test]

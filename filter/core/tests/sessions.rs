@@ -234,6 +234,45 @@ fn a_large_session_is_chunked_each_chunk_needed_and_shrinks_cleanly() {
 }
 
 #[test]
+fn verified_cookies_are_served_again_only_when_the_same_and_still_valid() {
+    let mut w = World::new(tokens_config());
+    w.verified = Some(Default::default());
+    let big = "a".repeat(7000);
+    let r = login_tokens(&mut w, &big, json!({}), &[]);
+    let (set, _) = session_set(&r);
+    assert_eq!(set.len(), 3, "{set:?}");
+    for _ in 0..3 {
+        let h = upstream(&mut w, &api("/x", &set));
+        assert_eq!(values(&h, "x-forwarded-access-token"), [big.as_str()]);
+    }
+    let kept = |w: &World| {
+        let c = w.verified.as_ref().unwrap().borrow();
+        (c.hits, c.len())
+    };
+    assert_eq!(
+        kept(&w),
+        (2, 1),
+        "verified once, then served from the cache"
+    );
+    // A changed or missing chunk is not the kept session: verified, and refused.
+    let mut changed = set.clone();
+    let mut b = changed[2].1.clone().into_bytes();
+    b[10] = if b[10] == b'A' { b'B' } else { b'A' };
+    changed[2].1 = String::from_utf8(b).unwrap();
+    let mut less = set.clone();
+    less.remove(1);
+    for cookies in [&changed, &less] {
+        let r = reply(w.request(&api("/x", cookies)));
+        assert_eq!(r.status, 401, "{r:?}");
+    }
+    assert_eq!(kept(&w), (2, 1), "nothing refused was kept");
+    // Past its lifetime (cookie_expire, 168 h by default), a kept session is refused.
+    w.now += 168 * 3600;
+    let r = reply(w.request(&api("/x", &set)));
+    assert_eq!(r.status, 401, "{r:?}");
+}
+
+#[test]
 fn a_session_over_the_chunk_limit_is_a_clear_error() {
     let mut w = World::new(tokens_config());
     let big = "a".repeat(8000);

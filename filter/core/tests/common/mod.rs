@@ -212,6 +212,9 @@ pub struct World {
     /// Providers after the first (a config with several), then extra JWT issuers, each ready.
     pub others: Vec<(Provider, KeySet)>,
     pub bearer: std::cell::RefCell<oidc_filter_core::bearer::BearerCache>,
+    /// The VM's cache of verified session cookies: off unless a test turns it on, since
+    /// tests change `config` under one World and a cache belongs to one configuration.
+    pub verified: Option<std::cell::RefCell<oidc_filter_core::verified::VerifiedSessions>>,
 }
 
 impl flow::Idps for World {
@@ -238,6 +241,7 @@ impl World {
             ready: true,
             others: Vec::new(),
             bearer: Default::default(),
+            verified: None,
         }
     }
 
@@ -247,6 +251,7 @@ impl World {
             idps: self,
             now: self.now,
             bearer: Some(&self.bearer),
+            sessions: self.verified.as_ref(),
         }
     }
 
