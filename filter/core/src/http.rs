@@ -31,14 +31,14 @@ impl<'a> Request<'a> {
             ..Default::default()
         };
         for &(k, v) in pairs {
-            let v = String::from_utf8_lossy(v);
+            let v = text(v);
             match k {
                 b":method" => req.method = v,
                 b":scheme" => req.scheme = v,
                 b":authority" => req.authority = v,
                 b":path" => req.path = v,
                 _ if k.first() == Some(&b':') => {}
-                _ => req.headers.push((String::from_utf8_lossy(k), v)),
+                _ => req.headers.push((text(k), v)),
             }
         }
         if req.authority.is_empty() {
@@ -85,6 +85,15 @@ impl<'a> Request<'a> {
     /// The `host` part of `:authority`, lower-case.
     pub fn host(&self) -> String {
         host_of_authority(&self.authority).to_ascii_lowercase()
+    }
+}
+
+/// `b` as text: borrowed when it is UTF-8 (the validator's word-at-a-time path), else with
+/// U+FFFD for each bad sequence (`from_utf8_lossy`'s slower scan only then).
+fn text(b: &[u8]) -> Cow<'_, str> {
+    match core::str::from_utf8(b) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(b),
     }
 }
 

@@ -58,29 +58,32 @@ pub fn cookie_key<'v>(
     Some(Cow::Owned(key))
 }
 
-/// FNV-1a over the provider index, the key's length and its first and last 48 bytes: a
-/// session's differ from every other's (a format-2 value ends with its MAC, a format-3 one
-/// starts with its synthetic nonce). Not a keyed hash: a value made to collide with a kept
-/// one only misses (the full values are compared) and is then verified as usual.
+/// A multiply-xor hash, eight bytes at a time, of the provider index, the key's length and
+/// its first and last 48 bytes: a session's differ from every other's (a format-2 value ends
+/// with its MAC, a format-3 one starts with its synthetic nonce). Not a keyed hash: a value
+/// made to collide with a kept one only misses (the full values are compared) and is then
+/// verified as usual.
 fn slot(provider: usize, key: &str) -> u64 {
-    let k = key.as_bytes();
-    let (head, tail) = if k.len() > 96 {
-        (&k[..48], &k[k.len() - 48..])
-    } else {
-        (k, &k[..0])
-    };
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in (provider as u64)
-        .to_le_bytes()
-        .iter()
-        .chain(&(k.len() as u64).to_le_bytes())
-        .chain(head)
-        .chain(tail)
-    {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
+    const M: u64 = 0x9e37_79b9_7f4a_7c15;
+    fn mix(mut h: u64, part: &[u8]) -> u64 {
+        let words = part.chunks_exact(8);
+        let mut last = [0u8; 8];
+        last[..words.remainder().len()].copy_from_slice(words.remainder());
+        for w in words {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(w);
+            h = (h ^ u64::from_le_bytes(b)).wrapping_mul(M).rotate_left(29);
+        }
+        (h ^ u64::from_le_bytes(last)).wrapping_mul(M)
     }
-    h
+    let k = key.as_bytes();
+    let h = (provider as u64) ^ ((k.len() as u64) << 32);
+    let h = if k.len() > 96 {
+        mix(mix(h, &k[..48]), &k[k.len() - 48..])
+    } else {
+        mix(h, k)
+    };
+    h ^ (h >> 31)
 }
 
 fn size_of(key: &str, s: &Session) -> usize {
