@@ -161,8 +161,10 @@ struct Shared {
 struct Metrics {
     ids: HashMap<String, u32>,
     pending: HashMap<String, i64>,
-    /// Decisions by (reason code, provider index): a request costs one small-key update.
-    decisions: HashMap<(&'static str, Option<usize>), i64>,
+    /// Decisions by (reason code, provider index) since the last flush: a short list (a few
+    /// kinds of decision a second), searched from the most recent; a request costs a compare
+    /// or two, no hashing.
+    decisions: Vec<((&'static str, Option<usize>), i64)>,
     /// Callouts in flight: token → (endpoint, dispatched at, ms).
     inflight: HashMap<u32, (&'static str, u64)>,
 }
@@ -194,10 +196,11 @@ impl Metrics {
     }
 
     fn decision(&mut self, code: &'static str, provider: Option<usize>) {
-        if let Some(n) = self.decisions.get_mut(&(code, provider)) {
+        let key = (code, provider);
+        if let Some((_, n)) = self.decisions.iter_mut().rev().find(|(k, _)| *k == key) {
             *n += 1;
         } else if self.decisions.len() < MAX_METRICS {
-            self.decisions.insert((code, provider), 1);
+            self.decisions.push((key, 1));
         }
     }
 

@@ -123,7 +123,7 @@ pub fn header_ops<'a>(
     }
     let mut count = 0;
     let mut stripped = false;
-    let mut kept: Vec<Cow<'a, [u8]>> = Vec::new();
+    let mut kept: Vec<Cow<'a, [u8]>> = Vec::with_capacity(1);
     for &(_, v) in raw
         .iter()
         .filter(|(k, _)| k.eq_ignore_ascii_case(b"cookie"))

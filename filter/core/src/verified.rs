@@ -11,6 +11,7 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::session::{Session, MAX_CHUNKS};
 use crate::util::ct_eq;
@@ -27,9 +28,27 @@ struct Entry {
     bytes: usize,
 }
 
+/// The map's keys are `slot` hashes already: used as they are.
+#[derive(Default)]
+struct SlotHasher(u64);
+
+impl Hasher for SlotHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 #[derive(Default)]
 pub struct VerifiedSessions {
-    map: HashMap<u64, Entry>,
+    map: HashMap<u64, Entry, BuildHasherDefault<SlotHasher>>,
     order: VecDeque<u64>,
     bytes: usize,
     pub hits: u64,
