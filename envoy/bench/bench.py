@@ -49,12 +49,16 @@ route); during each measurement Envoy's own counters must show only the expected
 and after the rounds the filter's own metrics must agree (every (f) request a completed login,
 every (r) request a refresh made, not one served from the shared record).
 
+Then, unless --memory-requests 0, a fresh Envoy of (d) is driven for that many requests
+(1,000,000 by default, counted by Envoy's http.bench.downstream_rq_2xx) and its VmRSS sampled
+at 0, 10 %, 25 %, 50 % and 100 % of them, next to (a)'s and (b)'s (no wasm; a no-op wasm VM).
+
 Prints a table and writes target/bench/results.json. Stdlib only; run with envoy/.venv's
 python (envoy/bench/run.sh does).
 
   bench.py [--duration 5] [--rounds 3] [--connections 10] [--warmup 2] [--only a,d]
-           [--envoy PATH] [--wasm PATH] [--noop PATH] [--floor PATH]
-           [--out target/bench/results.json]
+           [--memory-requests 1000000] [--envoy PATH] [--wasm PATH] [--noop PATH]
+           [--floor PATH] [--out target/bench/results.json]
 """
 
 import argparse
@@ -1243,6 +1247,65 @@ def post_checks(envoys, keys, results, summary, connections):
     return lines, problems
 
 
+def memory_phase(env, reqs_d, total, rate, connections, cpu):
+    """Drives `env` (a fresh Envoy of (d)) for `total` requests, counted by Envoy's
+    http.bench.downstream_rq_2xx, sampling its VmRSS at 0, 10 %, 25 %, 50 % and 100 %."""
+    path, headers, _ = reqs_d
+    marks = [total // 10, total // 4, total // 2, total]
+    count = lambda st: st.get("http.bench.downstream_rq_2xx", 0)
+    others = lambda st: sum(st.get(f"http.bench.downstream_rq_{c}", 0) for c in ("3xx", "4xx", "5xx"))
+    st0 = env.stats()
+    samples = [{"requests": count(st0), "rss_kib": env.rss_kib(), "seconds": 0.0}]
+    t0 = time.time()
+    log(f"memory: (d) in a fresh Envoy for {total:,} requests: {count(st0)} requests, VmRSS {samples[0]['rss_kib'] / 1024:.1f} MiB")
+    for target in marks:
+        while True:
+            n = count(env.stats())
+            # Runs last whole seconds: a mark is taken at about its count (the last at least).
+            if n >= target or (target != total and n >= 0.97 * target):
+                break
+            secs = max(1, round((target - n) / rate))
+            w = run_wrk(env.main, path, headers, secs, connections, cpu)
+            if w.get("rps"):
+                rate = w["rps"]
+        st = env.stats()
+        samples.append({"requests": count(st), "rss_kib": env.rss_kib(), "seconds": round(time.time() - t0, 1)})
+        log(f"memory: {samples[-1]['requests']:>9,} requests, VmRSS {samples[-1]['rss_kib'] / 1024:.1f} MiB")
+    wrong = others(env.stats()) - others(st0)
+    first, warm, last = samples[0], samples[1], samples[-1]
+    return {
+        "config": "d",
+        "requests_target": total,
+        "samples": samples,
+        "growth_kib": last["rss_kib"] - first["rss_kib"],
+        "growth_after_first_mark_kib": last["rss_kib"] - warm["rss_kib"],
+        "bytes_per_request_after_first_mark": (last["rss_kib"] - warm["rss_kib"]) * 1024 / max(1, last["requests"] - warm["requests"]),
+        "non_2xx": wrong,
+    }
+
+
+def print_memory(mem, results):
+    s = mem["samples"]
+    print(f"\nMemory: (d) oidc-session in a fresh Envoy, driven for {mem['requests_target']:,} requests "
+          "(Envoy's http.bench.downstream_rq_2xx):")
+    print("  requests " + "".join(f"{x['requests']:>12,}" for x in s))
+    print("  VmRSS    " + "".join(f"{x['rss_kib'] / 1024:>9.1f}MiB" for x in s))
+    print(f"  growth: {mem['growth_kib']:+,} KiB from start to {s[-1]['requests']:,} requests; "
+          f"{mem['growth_after_first_mark_kib']:+,} KiB from {s[1]['requests']:,} on "
+          f"({mem['bytes_per_request_after_first_mark']:.3f} bytes/request)")
+    cmp = mem.get("compare", {})
+    if cmp:
+        parts = [f"({k}) {v['name']} {v['rss_start_kib'] / 1024:.0f} → {v['rss_after_kib'] / 1024:.0f} MiB after {v['requests']:,} requests"
+                 for k, v in cmp.items()]
+        print("  VmRSS at start → after the rounds: " + "; ".join(parts))
+        if "a" in cmp and "b" in cmp:
+            va = cmp["b"]["rss_after_kib"] - cmp["a"]["rss_after_kib"]
+            print(f"  a wasm VM that does nothing ((b) − (a)): {va / 1024:+.0f} MiB", end="")
+            if "d" in cmp:
+                print(f"; our filter's VM over it ((d) − (b)): {(cmp['d']['rss_after_kib'] - cmp['b']['rss_after_kib']) / 1024:+.0f} MiB", end="")
+            print()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--duration", type=int, default=int(os.environ.get("BENCH_DURATION", 5)))
@@ -1250,6 +1313,8 @@ def main():
     ap.add_argument("--connections", type=int, default=int(os.environ.get("BENCH_CONNECTIONS", 10)))
     ap.add_argument("--warmup", type=int, default=2, help="seconds of wrk per config before round 1")
     ap.add_argument("--only", default=os.environ.get("BENCH_ONLY", ""), help="e.g. a,b,d")
+    ap.add_argument("--memory-requests", type=int, default=int(os.environ.get("BENCH_MEMORY_REQUESTS", 1_000_000)),
+                    help="requests of (d) in a fresh Envoy after the rounds, VmRSS sampled (0: skip)")
     ap.add_argument("--envoy", default=os.path.join(ROOT, "envoy", ".venv", "bin", "envoy"))
     ap.add_argument("--wasm", default=os.path.join(ROOT, "dist", "oidc_filter.wasm"))
     ap.add_argument("--noop", default=os.path.join(ROOT, "dist", "noop.wasm"))
@@ -1289,11 +1354,13 @@ def main():
     for k in OIDC_KEYS:
         wasm_sizes[k] = os.path.getsize(args.wasm)
 
-    base = free_port_block(28100, 3 * len(CONFIGS))
+    # One block of ports more: the memory phase's Envoy.
+    base = free_port_block(28100, 3 * (len(CONFIGS) + 1))
     envoys = {}
     results = {}
     native_format = None
     log_offsets = {}
+    memory = None
     post_lines, post_problems = [], []
     names = dict((c[0], c[1]) for c in CONFIGS)
 
@@ -1317,8 +1384,10 @@ def main():
     try:
         for i, k in enumerate(keys):
             envoys[k] = start_envoy(k, i)
+        rss_start = {}
         for k in keys:
             wait_ready(envoys[k])
+            rss_start[k] = envoys[k].rss_kib()
 
         # Native filter: find the cookie format this Envoy accepts (1.40 encrypts tokens by
         # default; the HMAC is over the plain tokens).
@@ -1350,7 +1419,8 @@ def main():
         cycle["cursor"] = 1
 
         for k in keys:
-            results[k] = {"name": envoys[k].name, "check": checks[k], "rounds": [], "wasm_bytes": wasm_sizes.get(k)}
+            results[k] = {"name": envoys[k].name, "check": checks[k], "rounds": [], "wasm_bytes": wasm_sizes.get(k),
+                          "rss_start_kib": rss_start[k]}
         if args.warmup > 0:
             log(f"warm-up: {args.warmup}s per configuration")
             for k in keys:
@@ -1413,6 +1483,7 @@ def main():
         elapsed = time.time() - t0
         for k in keys:
             results[k]["rss_kib"] = envoys[k].rss_kib()
+            results[k]["requests_total"] = envoys[k].stats().get("http.bench.downstream_rq_total", 0)
         for k, sup in supplies.items():
             results[k]["supply"] = sup.summary()
         if "g2" in keys:
@@ -1424,11 +1495,28 @@ def main():
         for line in post_lines + post_problems:
             log(line)
 
+        if args.memory_requests > 0 and "d" in keys:
+            for k in keys:
+                envoys[k].stop()
+            envoys["memory"] = start_envoy("d", len(CONFIGS), "memory-d-oidc-session")
+            wait_ready(envoys["memory"])
+            check(envoys["memory"], "d", reqs, mint)
+            memory = memory_phase(envoys["memory"], reqs["d"], args.memory_requests,
+                                  summary["d"]["rps_median"], args.connections, wrk_cpu)
+            memory["compare"] = {
+                k: {"name": names[k], "rss_start_kib": results[k]["rss_start_kib"],
+                    "rss_after_kib": results[k]["rss_kib"], "requests": results[k]["requests_total"]}
+                for k in ("a", "b", "d") if k in keys
+            }
+            if memory["non_2xx"]:
+                post_problems.append(f"memory: UNEXPECTED: {memory['non_2xx']} responses not 2xx")
+        elif args.memory_requests > 0:
+            log("memory phase skipped: (d) is not among the configurations")
     finally:
         stop_all()
 
     log_errors = {}
-    for k in keys:
+    for k in keys + (["memory"] if "memory" in envoys else []):
         p = envoys[k].log_path
         lines = []
         for fn, offset in zip((p, p + ".stderr"), log_offsets.get(k, (0, 0))):
@@ -1438,7 +1526,10 @@ def main():
                     lines += [l for l in f if re.search(r"\]\s*\[(error|critical)\]", l)]
         if lines:
             log_errors[k] = {"count": len(lines), "first": lines[0].strip()[:300]}
-            results[k]["envoy_log_errors"] = log_errors[k]
+            if k in results:
+                results[k]["envoy_log_errors"] = log_errors[k]
+            elif memory is not None:
+                memory["envoy_log_errors"] = log_errors[k]
 
     host = None
     if os.path.exists(args.host_json):
@@ -1464,6 +1555,7 @@ def main():
         "native_oauth2_cookie_format": native_format,
         "configs": {k: {**results[k], "summary": summary[k]} for k in keys},
         "post_checks": {"lines": post_lines, "problems": post_problems},
+        "memory": memory,
         "host_tests": host,
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
@@ -1481,6 +1573,8 @@ def main():
                   + (f", UNEXPECTED: {sup.reused:,} requests reused one" if sup.reused else ", none twice"))
         for line in post_lines:
             print(line)
+    if memory is not None:
+        print_memory(memory, results)
     if host is not None:
         print()
         print_host(host)
@@ -1499,7 +1593,7 @@ def main():
         if bad:
             what.append(f"unexpected statuses or reused requests during measurement of {', '.join(bad)}")
         if post_problems:
-            what.append("the filter's metrics disagree (above)")
+            what.append("the filter's metrics or the memory phase disagree (above)")
         print(f"FAILED: {'; '.join(what)}", file=sys.stderr)
         return 1
     return 0
