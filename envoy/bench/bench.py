@@ -716,7 +716,8 @@ def run_wrk(port, path, headers, duration, connections, cpu, script=None):
 
 
 def cpu_busy():
-    """Per-CPU (busy, total) jiffies from /proc/stat."""
+    """Per-CPU (busy, total, steal) jiffies from /proc/stat (steal: time the hypervisor gave
+    to other guests, counted as busy)."""
     out = {}
     with open("/proc/stat") as f:
         for line in f:
@@ -724,7 +725,7 @@ def cpu_busy():
             if m:
                 v = [int(x) for x in m.group(2).split()]
                 idle = v[3] + (v[4] if len(v) > 4 else 0)
-                out[int(m.group(1))] = (sum(v[:8]) - idle, sum(v[:8]))
+                out[int(m.group(1))] = (sum(v[:8]) - idle, sum(v[:8]), v[7] if len(v) > 7 else 0)
     return out
 
 
@@ -1283,7 +1284,7 @@ def post_checks(envoys, keys, results, summary, connections, supplies):
     return lines, problems
 
 
-def memory_phase(env, reqs_d, total, rate, connections, cpu):
+def memory_phase(env, reqs_d, total, connections, cpu):
     """Drives `env` (a fresh Envoy of (d)) for `total` requests, counted by Envoy's
     http.bench.downstream_rq_2xx, sampling its VmRSS at 0, 10 %, 25 %, 50 % and 100 %."""
     path, headers, _ = reqs_d
@@ -1294,13 +1295,14 @@ def memory_phase(env, reqs_d, total, rate, connections, cpu):
     samples = [{"requests": count(st0), "rss_kib": env.rss_kib(), "seconds": 0.0}]
     t0 = time.time()
     log(f"memory: (d) in a fresh Envoy for {total:,} requests: {count(st0)} requests, VmRSS {samples[0]['rss_kib'] / 1024:.1f} MiB")
+    rate = None  # this Envoy's own: a first run of 1 s measures it
     for target in marks:
         while True:
             n = count(env.stats())
             # Runs last whole seconds: a mark is taken at about its count (the last at least).
             if n >= target or (target != total and n >= 0.97 * target):
                 break
-            secs = max(1, round((target - n) / rate))
+            secs = max(1, round((target - n) / rate)) if rate else 1
             w = run_wrk(env.main, path, headers, secs, connections, cpu)
             if w.get("rps"):
                 rate = w["rps"]
@@ -1504,6 +1506,8 @@ def main():
                     w["envoy_core_busy"] = b / t if t else None
                     # Whatever ran on Envoy's core that was not Envoy.
                     w["envoy_core_foreign"] = max(0.0, (b / tck - (cpu1 - cpu0)) / (t / tck)) if t else None
+                    # Of which the hypervisor's (another guest's).
+                    w["envoy_core_steal"] = (busy1[envoy_cpu][2] - busy0[envoy_cpu][2]) / t if t else None
                 w["loadavg"] = open("/proc/loadavg").read().split()[:3]
                 results[k]["rounds"].append(w)
                 flag = "" if wrong == 0 else f"  UNEXPECTED: {wrong} responses not {expect}: {classes}"
@@ -1540,8 +1544,7 @@ def main():
             envoys["memory"] = start_envoy("d", len(CONFIGS), "memory-d-oidc-session")
             wait_ready(envoys["memory"])
             check(envoys["memory"], "d", reqs, mint)
-            memory = memory_phase(envoys["memory"], reqs["d"], args.memory_requests,
-                                  summary["d"]["rps_median"], args.connections, wrk_cpu)
+            memory = memory_phase(envoys["memory"], reqs["d"], args.memory_requests, args.connections, wrk_cpu)
             memory["compare"] = {
                 k: {"name": names[k], "rss_start_kib": results[k]["rss_start_kib"],
                     "rss_after_kib": results[k]["rss_kib"], "requests": results[k]["requests_total"]}
@@ -1620,7 +1623,9 @@ def main():
         print_host(host)
     foreign = [r.get("envoy_core_foreign") or 0 for k in keys for r in results[k]["rounds"]]
     if foreign and max(foreign) > 0.05:
-        print(f"\nnote: other processes used up to {max(foreign) * 100:.0f}% of Envoy's core during a measurement: compare ratios, not absolute numbers.")
+        steal = max(r.get("envoy_core_steal") or 0 for k in keys for r in results[k]["rounds"])
+        print(f"\nnote: other processes used up to {max(foreign) * 100:.0f}% of Envoy's core during a measurement "
+              f"(the hypervisor's steal time up to {steal * 100:.0f}%): compare ratios, not absolute numbers.")
     bad = [k for k in keys if results[k].get("errors")]
     if log_errors:
         which = ", ".join(f"({k}) x{v['count']}" for k, v in log_errors.items())
