@@ -83,7 +83,7 @@ fuzz-replay:
 test: fmt-check lint unit fuzz-replay $(WASM) host-tests istio-test e2e
 	@echo "make test: all passed"
 
-# Not part of `make test`: about two minutes of load. e.g. BENCH_ARGS="--rounds 5".
+# Not part of `make test`: about six minutes of load. e.g. BENCH_ARGS="--rounds 5" or "--memory-requests 0".
 bench: $(WASM) $(NOOP_WASM) $(FLOOR_WASM) bench-host
 	bash envoy/bench/run.sh $(BENCH_ARGS)
 
