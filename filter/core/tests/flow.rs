@@ -320,11 +320,7 @@ fn our_cookies_leave_every_cookie_header_one_host_call_each() {
     let Decision::Continue(f) = w.request(&req) else {
         panic!()
     };
-    let raw: Vec<(&[u8], &[u8])> = req
-        .headers
-        .iter()
-        .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
-        .collect();
+    let raw = raw_pairs(&req);
     let ops = oidc_filter_core::flow::header_ops(&w.config, &raw, &f);
     assert_eq!(ops.len(), 1 + f.set.len(), "{ops:?}");
     assert!(ops.contains(&oidc_filter_core::flow::HeaderOp::Replace(
@@ -344,11 +340,7 @@ fn our_cookies_leave_every_cookie_header_one_host_call_each() {
     let Decision::Continue(f) = w.request(&forged) else {
         panic!()
     };
-    let raw: Vec<(&[u8], &[u8])> = forged
-        .headers
-        .iter()
-        .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
-        .collect();
+    let raw = raw_pairs(&forged);
     let ops = oidc_filter_core::flow::header_ops(&w.config, &raw, &f);
     assert!(
         ops.iter()

@@ -613,19 +613,32 @@ fn refresh_and_idle_config_errors_are_named() {
     }
 }
 
+/// A session's refresh at `later` whose ID token has the claims of `refreshed_claims` with
+/// `changed` merged in: the reply the request gets, and the engine.
+fn refresh_with_claims(
+    cfg: &Config,
+    cookies: &[(String, String)],
+    later: u64,
+    changed: Value,
+) -> (LocalReply, Engine) {
+    let mut e = loaded(cfg.clone());
+    let mut c = refreshed_claims(later);
+    for (k, v) in changed.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    let body = refreshed_body("at-2", None, Some(id_token_with(c)));
+    let Step::Reply(r) = refresh_once(&mut e, &api(cookies), later, &body) else {
+        panic!()
+    };
+    (r, e)
+}
+
 #[test]
 fn a_refresh_applies_the_new_groups_at_once() {
     let cfg = refresh_config(json!({"allowed_groups": ["staff"]}));
     let cookies = login_with(&cfg, json!({"groups": ["staff"]}));
-    let mut e = loaded(cfg.clone());
     let later = NOW + 61;
-    let mut c = refreshed_claims(later);
-    c["groups"] = json!(["contractors"]);
-    let body = refreshed_body("at-2", None, Some(id_token_with(c)));
-    let req = api(&cookies);
-    let Step::Reply(r) = refresh_once(&mut e, &req, later, &body) else {
-        panic!()
-    };
+    let (r, mut e) = refresh_with_claims(&cfg, &cookies, later, json!({"groups": ["contractors"]}));
     assert_eq!(
         (r.status, r.reason.code()),
         (403, "group_not_allowed"),
@@ -646,15 +659,12 @@ fn a_refresh_applies_the_new_groups_at_once() {
 fn a_refreshed_id_token_with_an_unverified_email_ends_the_session() {
     let cfg = refresh_config(json!({}));
     let cookies = login_with(&cfg, json!({}));
-    let mut e = loaded(cfg.clone());
-    let later = NOW + 60 + 61;
-    let mut c = refreshed_claims(later);
-    c["email_verified"] = json!(false);
-    let body = refreshed_body("at-2", None, Some(id_token_with(c)));
-    let req = api(&cookies);
-    let Step::Reply(r) = refresh_once(&mut e, &req, later, &body) else {
-        panic!()
-    };
+    let (r, _) = refresh_with_claims(
+        &cfg,
+        &cookies,
+        NOW + 60 + 61,
+        json!({"email_verified": false}),
+    );
     assert_eq!(
         (r.status, r.reason.code()),
         (401, "refresh_refused"),

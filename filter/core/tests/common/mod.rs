@@ -180,6 +180,14 @@ pub fn forwarded(cfg: &Config, req: &Request<'_>, f: &flow::Forward) -> Vec<(Str
         .collect()
 }
 
+/// `req`'s headers as the host's header map gives them (names and values as bytes).
+pub fn raw_pairs<'r>(req: &'r Request<'_>) -> Vec<(&'r [u8], &'r [u8])> {
+    req.headers
+        .iter()
+        .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+        .collect()
+}
+
 /// A request as Envoy presents it.
 pub fn get(path: &str) -> Request<'static> {
     Request {
