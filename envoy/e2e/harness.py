@@ -129,7 +129,12 @@ class OP:
         if redirect_uris:
             argv += ["--redirect-uris", ",".join(redirect_uris)]
         self.proc = Proc(name, argv, log_dir)
-        wait_until(self._ready, 20, "OP discovery on :%d" % self.port)
+        # Node starts in a second or two; a loaded CI machine once took over 20 s. The OP's
+        # own log goes with a timeout, since the test's log directory is removed afterwards.
+        try:
+            wait_until(self._ready, 60, "OP discovery on :%d" % self.port)
+        except TimeoutError as e:
+            raise TimeoutError("%s\nOP log:\n%s" % (e, self.proc.tail())) from None
 
     def _ready(self):
         if not self.proc.alive():
