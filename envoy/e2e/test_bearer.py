@@ -137,3 +137,22 @@ def test_zz_a_token_of_a_new_signing_key_passes_after_a_refetch(bearer_envoy, op
     assert h.upstream_view(r)["hdict"]["x-forwarded-user"] == ["api-client"]
     # The old token is still valid until its exp (verified and cached before the rotation).
     assert call(bearer_envoy, old).status_code == 200
+
+
+@pytest.mark.parametrize("client,alg", [("api-client-ps", "PS256"), ("api-client-es", "ES256")])
+def test_tokens_signed_ps256_and_es256_pass_and_tampered_ones_do_not(bearer_envoy, op, client, alg):
+    t = client_token(op, client)
+    part = t.split(".")[0]
+    header = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    assert header["alg"] == alg, header
+    r = call(bearer_envoy, t, host="localhost")
+    assert r.status_code == 200, (r.status_code, r.text)
+    assert h.upstream_view(r)["hdict"]["x-forwarded-user"] == [client]
+    # The same claims under a changed signature: refused.
+    head, body, sig = t.split(".")
+    raw = bytearray(base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4)))
+    raw[len(raw) // 2] ^= 0x01
+    forged = "%s.%s.%s" % (head, body, base64.urlsafe_b64encode(bytes(raw)).decode().rstrip("="))
+    r = call(bearer_envoy, forged, host="localhost")
+    assert r.status_code == 401, (r.status_code, r.text)
+    assert "invalid_token" in r.headers.get("www-authenticate", ""), r.headers

@@ -27,7 +27,8 @@
 //
 // API clients: `api-client` / `api-client-secret` gets RS256 JWT access tokens (RFC 9068,
 // typ at+jwt) from the client-credentials grant, for the resource urn:oidc-filter:api (its
-// aud), with groups ["robots"]; `api-client-2` gets the same without groups.
+// aud), with groups ["robots"]; `api-client-2` gets the same without groups; `api-client-ps`
+// and `api-client-es` get them signed PS256 (a 3072-bit key) and ES256.
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
@@ -145,6 +146,21 @@ function newSigningKey() {
   return jwk;
 }
 
+// Keys that stay across rotations, for the API clients whose access tokens use another
+// algorithm than RS256: a PS256 RSA key and an ES256 (P-256) key.
+function staticKey(type, options, alg) {
+  const { privateKey } = crypto.generateKeyPairSync(type, options);
+  const jwk = privateKey.export({ format: 'jwk' });
+  jwk.kid = `op-${alg.toLowerCase()}-${crypto.randomBytes(4).toString('hex')}`;
+  jwk.use = 'sig';
+  jwk.alg = alg;
+  return jwk;
+}
+const STATIC_KEYS = [
+  staticKey('rsa', { modulusLength: 3072 }, 'PS256'),
+  staticKey('ec', { namedCurve: 'P-256' }, 'ES256'),
+];
+
 function publicJwk(jwk) {
   return {
     kty: jwk.kty, kid: jwk.kid, use: jwk.use, alg: jwk.alg, n: jwk.n, e: jwk.e,
@@ -156,6 +172,8 @@ const API_RESOURCE = 'urn:oidc-filter:api';
 const API_CLIENTS = [
   { id: 'api-client', secret: 'api-client-secret', groups: ['robots'] },
   { id: 'api-client-2', secret: 'api-client-2-secret' },
+  { id: 'api-client-ps', secret: 'api-client-ps-secret', alg: 'PS256' },
+  { id: 'api-client-es', secret: 'api-client-es-secret', alg: 'ES256' },
 ];
 
 // What the token endpoint did (GET /stats on the admin API), and each account's grants (for
@@ -227,12 +245,12 @@ function buildProvider(signingJwk) {
         defaultResource: async (ctx, client, oneOf) => oneOf
           || (API_CLIENTS.some((a) => a.id === client.clientId) ? API_RESOURCE : undefined),
         useGrantedResource: async () => true,
-        getResourceServerInfo: async () => ({
+        getResourceServerInfo: async (ctx, resource, client) => ({
           scope: 'api:read',
           audience: API_RESOURCE,
           accessTokenFormat: 'jwt',
           accessTokenTTL: 300,
-          jwt: { sign: { alg: 'RS256' } },
+          jwt: { sign: { alg: API_CLIENTS.find((a) => a.id === client.clientId)?.alg || 'RS256' } },
         }),
       },
     },
@@ -245,7 +263,7 @@ function buildProvider(signingJwk) {
         return `/interaction/${interaction.uid}`;
       },
     },
-    jwks: { keys: [signingJwk] },
+    jwks: { keys: [signingJwk, ...STATIC_KEYS] },
     cookies: { keys: COOKIE_KEYS },
     ttl: {
       AccessToken: 3600,

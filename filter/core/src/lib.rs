@@ -22,6 +22,7 @@ pub mod redirect;
 pub mod refresh;
 pub mod replay;
 pub mod routes;
+pub mod rsa;
 pub mod session;
 pub mod telemetry;
 pub mod util;

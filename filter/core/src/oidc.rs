@@ -4,12 +4,13 @@
 use crate::claims::{CLAIMS, EMAIL};
 use std::borrow::Cow;
 
-use jwt_compact::alg::{Es256, Rsa, RsaPublicKey};
+use jwt_compact::alg::Es256;
 use jwt_compact::jwk::JsonWebKey;
-use jwt_compact::{AlgorithmExt, Claims, UntrustedToken};
+use jwt_compact::{Algorithm, AlgorithmExt, AlgorithmSignature, Claims, UntrustedToken};
 use serde::Deserialize;
 use url::Url;
 
+use crate::rsa::{self, Hash};
 use crate::util::{b64url_decode, ct_eq};
 
 /// The parts of the provider's metadata we use.
@@ -78,7 +79,7 @@ impl Provider {
 /// A verifying key from the provider's JWKS.
 #[derive(Debug, Clone)]
 pub enum KeyMaterial {
-    Rsa(RsaPublicKey),
+    Rsa(rsa::PublicKey),
     P256(<Es256 as jwt_compact::Algorithm>::VerifyingKey),
 }
 
@@ -139,18 +140,9 @@ impl KeySet {
                     ) else {
                         continue;
                     };
-                    let n_bits = n.iter().skip_while(|b| **b == 0).count() * 8;
-                    if n_bits < MIN_RSA_BITS {
-                        continue;
-                    }
-                    let jwk = JsonWebKey::Rsa {
-                        modulus: Cow::Owned(n),
-                        public_exponent: Cow::Owned(e),
-                        private_parts: None,
-                    };
-                    match RsaPublicKey::try_from(&jwk) {
-                        Ok(key) => KeyMaterial::Rsa(key),
-                        Err(_) => continue,
+                    match rsa::PublicKey::new(&n, &e) {
+                        Some(key) if key.bits() >= MIN_RSA_BITS => KeyMaterial::Rsa(key),
+                        _ => continue,
                     }
                 }
                 "EC" if k.crv.as_deref() == Some("P-256") => {
@@ -362,16 +354,63 @@ pub struct Expected<'a> {
     pub leeway: u64,
 }
 
-fn rsa_alg(name: &str) -> Option<Rsa> {
-    Some(match name {
-        "RS256" => Rsa::rs256(),
-        "RS384" => Rsa::rs384(),
-        "RS512" => Rsa::rs512(),
-        "PS256" => Rsa::ps256(),
-        "PS384" => Rsa::ps384(),
-        "PS512" => Rsa::ps512(),
+/// `RS*` and `PS*` as jwt-compact algorithms, verified by our own RSA (`crate::rsa`).
+#[derive(Debug, Clone, Copy)]
+struct RsaAlg {
+    name: &'static str,
+    hash: Hash,
+    pss: bool,
+}
+
+fn rsa_alg(name: &str) -> Option<RsaAlg> {
+    let (name, hash, pss) = match name {
+        "RS256" => ("RS256", Hash::Sha256, false),
+        "RS384" => ("RS384", Hash::Sha384, false),
+        "RS512" => ("RS512", Hash::Sha512, false),
+        "PS256" => ("PS256", Hash::Sha256, true),
+        "PS384" => ("PS384", Hash::Sha384, true),
+        "PS512" => ("PS512", Hash::Sha512, true),
         _ => return None,
-    })
+    };
+    Some(RsaAlg { name, hash, pss })
+}
+
+/// An RSA signature as the token carries it; its length is checked against the modulus.
+struct RsaSignature(Vec<u8>);
+
+impl AlgorithmSignature for RsaSignature {
+    fn try_from_slice(slice: &[u8]) -> anyhow::Result<Self> {
+        Ok(RsaSignature(slice.to_vec()))
+    }
+
+    fn as_bytes(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.0)
+    }
+}
+
+/// The filter never signs a token.
+enum NoSigningKey {}
+
+impl Algorithm for RsaAlg {
+    type SigningKey = NoSigningKey;
+    type VerifyingKey = rsa::PublicKey;
+    type Signature = RsaSignature;
+
+    fn name(&self) -> Cow<'static, str> {
+        Cow::Borrowed(self.name)
+    }
+
+    fn sign(&self, key: &NoSigningKey, _message: &[u8]) -> RsaSignature {
+        match *key {}
+    }
+
+    fn verify_signature(&self, sig: &RsaSignature, key: &rsa::PublicKey, message: &[u8]) -> bool {
+        if self.pss {
+            key.verify_pss(self.hash, message, &sig.0)
+        } else {
+            key.verify_pkcs1v15(self.hash, message, &sig.0)
+        }
+    }
 }
 
 fn verify_with(
