@@ -343,10 +343,39 @@ fn mont_mul(a: &[u32], b: &[u32], n: &[u32], n0inv: u32, t: &mut [u32]) -> Vec<u
     let k = n.len();
     let t = &mut t[..2 * k + 1];
     t.iter_mut().for_each(|x| *x = 0);
-    for (i, &ai) in a.iter().enumerate().take(k) {
-        let c = mul_add(&mut t[i..i + k], ai, b);
-        t[i + k] = c;
+    if std::ptr::eq(a, b) {
+        // a²: the products below the diagonal once, doubled, then the squares.
+        for i in 0..k {
+            let c = mul_add(&mut t[2 * i + 1..i + k], a[i], &a[i + 1..]);
+            t[i + k] = c;
+        }
+        let mut carry = 0u32;
+        for x in t[..2 * k].iter_mut() {
+            let next = *x >> 31;
+            *x = (*x << 1) | carry;
+            carry = next;
+        }
+        let mut c = 0u64;
+        for i in 0..k {
+            let sq = u64::from(a[i]) * u64::from(a[i]);
+            let lo = u64::from(t[2 * i]) + (sq & 0xffff_ffff) + c;
+            t[2 * i] = lo as u32;
+            let hi = u64::from(t[2 * i + 1]) + (sq >> 32) + (lo >> 32);
+            t[2 * i + 1] = hi as u32;
+            c = hi >> 32;
+        }
+    } else {
+        for (i, &ai) in a.iter().enumerate().take(k) {
+            let c = mul_add(&mut t[i..i + k], ai, b);
+            t[i + k] = c;
+        }
     }
+    reduce(t, n, n0inv)
+}
+
+/// Montgomery reduction `t·R⁻¹ mod n` of a product `t < n·R` (`2·n.len() + 1` limbs).
+fn reduce(t: &mut [u32], n: &[u32], n0inv: u32) -> Vec<u32> {
+    let k = n.len();
     for i in 0..k {
         let m = t[i].wrapping_mul(n0inv);
         let c = mul_add(&mut t[i..i + k], m, n);
