@@ -12,7 +12,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 export RUSTC_BOOTSTRAP=1
 export CARGO_TARGET_DIR="$ROOT/target/fuzz"
-TARGETS_ALL=(session_cookie sealed_session login_cookie return_url cookie_header header_map config jwks discovery token_response)
+TARGETS_ALL=(session_cookie sealed_session login_cookie return_url cookie_header header_map config jwks discovery token_response rsa_verify)
 
 replay=0
 seconds=60
