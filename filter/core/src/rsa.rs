@@ -145,11 +145,12 @@ impl PublicKey {
             return None;
         }
         let k = self.n.len();
+        // `size()` bytes make at most `k` limbs.
         let mut s = limbs(sig);
-        if !less(&s, &self.n) {
+        s.resize(k, 0);
+        if !below(&s, &self.n) {
             return None;
         }
-        s.resize(k, 0);
         let mut scratch = vec![0u32; 2 * k + 1];
         let sm = mont_mul(&s, &self.rr, &self.n, self.n0inv, &mut scratch);
         let mut x = sm.clone();
@@ -267,29 +268,14 @@ fn bit_len(x: &[u32]) -> usize {
     }
 }
 
-/// `a < b` for limb strings without zero limbs on top (`a`) and of `b`'s length or shorter.
-fn less(a: &[u32], b: &[u32]) -> bool {
-    if a.len() != b.len() {
-        return a.len() < b.len();
-    }
-    for (x, y) in a.iter().rev().zip(b.iter().rev()) {
-        if x != y {
-            return x < y;
-        }
-    }
-    false
-}
-
-/// `a -= b` over `a.len()` limbs; returns the borrow.
-fn sub_in_place(a: &mut [u32], b: &[u32]) -> bool {
+/// `a -= b` modulo `2^(32·a.len())`, both of the same length.
+fn sub_in_place(a: &mut [u32], b: &[u32]) {
     let mut borrow = 0u64;
-    for (i, x) in a.iter_mut().enumerate() {
-        let y = u64::from(b.get(i).copied().unwrap_or(0)) + borrow;
-        let v = u64::from(*x).wrapping_sub(y);
+    for (x, y) in a.iter_mut().zip(b) {
+        let v = u64::from(*x).wrapping_sub(u64::from(*y) + borrow);
         *x = v as u32;
         borrow = (v >> 63) & 1;
     }
-    borrow == 1
 }
 
 /// `x = 2x mod n`, for `x < n` (both `n.len()` limbs).
@@ -300,13 +286,13 @@ fn double_mod(x: &mut [u32], n: &[u32]) {
         *l = (*l << 1) | carry;
         carry = next;
     }
-    if carry == 1 || !less_eq_len(x, n) {
+    if carry == 1 || !below(x, n) {
         sub_in_place(x, n);
     }
 }
 
 /// `x < n`, both of `n.len()` limbs (zero limbs on top allowed).
-fn less_eq_len(x: &[u32], n: &[u32]) -> bool {
+fn below(x: &[u32], n: &[u32]) -> bool {
     for (a, b) in x.iter().rev().zip(n.iter().rev()) {
         if a != b {
             return a < b;
@@ -392,7 +378,7 @@ fn reduce(t: &mut [u32], n: &[u32], n0inv: u32) -> Vec<u32> {
     }
     // t / R < 2n: one subtraction at most.
     let mut out = t[k..2 * k].to_vec();
-    if t[2 * k] != 0 || !less_eq_len(&out, n) {
+    if t[2 * k] != 0 || !below(&out, n) {
         sub_in_place(&mut out, n);
     }
     out
