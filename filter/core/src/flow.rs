@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::rc::Rc;
 
 use crate::bearer::BearerCache;
 use crate::verified::VerifiedSessions;
@@ -59,8 +60,9 @@ pub struct LocalReply {
 pub struct Forward {
     /// Header names to remove.
     pub remove: Vec<Cow<'static, str>>,
-    /// Headers to set, replacing any of the same name.
-    pub set: Vec<(Cow<'static, str>, String)>,
+    /// The session whose identity goes upstream (`identity_headers`, set replacing any of the
+    /// same name): shared with the VM's cache, and read in place by `header_ops`.
+    pub identity: Option<Rc<Session>>,
     /// `Set-Cookie` lines for the response (a refreshed session, or a new last-seen mark).
     pub set_cookies: Vec<String>,
     /// A line to log (a refresh), without secrets.
@@ -111,13 +113,17 @@ pub enum HeaderOp<'a> {
 /// crossing into the host, so there is one per header touched and none for the rest; headers
 /// left alone keep their exact bytes.
 pub fn header_ops<'a>(
-    cfg: &Config,
+    cfg: &'a Config,
     raw: &[(&'a [u8], &'a [u8])],
     fwd: &'a Forward,
 ) -> Vec<HeaderOp<'a>> {
-    let mut ops = Vec::with_capacity(fwd.remove.len() + fwd.set.len() + 1);
+    let set = match &fwd.identity {
+        Some(s) => identity_headers(cfg, s, true),
+        None => Vec::new(),
+    };
+    let mut ops = Vec::with_capacity(fwd.remove.len() + set.len() + 1);
     for name in &fwd.remove {
-        if !fwd.set.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+        if !set.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
             ops.push(HeaderOp::Remove(name.as_bytes()));
         }
     }
@@ -149,9 +155,12 @@ pub fn header_ops<'a>(
     }
     // A header the request does not have is added (Envoy then skips the search for values to
     // replace); one it has, in any spelling, is replaced.
-    for (k, v) in &fwd.set {
+    for (k, v) in set {
         let k = k.as_bytes();
-        let v = Cow::Borrowed(v.as_bytes());
+        let v = match v {
+            Cow::Borrowed(v) => Cow::Borrowed(v.as_bytes()),
+            Cow::Owned(v) => Cow::Owned(v.into_bytes()),
+        };
         if raw.iter().any(|(n, _)| n.eq_ignore_ascii_case(k)) {
             ops.push(HeaderOp::Replace(k, v));
         } else {
@@ -558,7 +567,7 @@ fn bearer_session(
         return Ok(SessionState::Denied(Reason::EmailUnverified));
     }
     Ok(match crate::policy::check(policy, &s) {
-        Ok(()) => SessionState::Valid(s),
+        Ok(()) => SessionState::Valid(Rc::new(s)),
         Err(r) => SessionState::Denied(r),
     })
 }
@@ -719,7 +728,7 @@ pub fn is_navigation(req: &Request) -> bool {
 // One per request, made and moved once: its size does not matter.
 #[allow(clippy::large_enum_variant)]
 enum SessionState {
-    Valid(Session),
+    Valid(Rc<Session>),
     /// A session of ours that the host's policy refuses (as configured now): why.
     Denied(Reason),
     None,
@@ -779,7 +788,7 @@ fn verified_session<'v>(
     scope: &crate::session::Scope<'_>,
     first: &'v str,
     chunk: &dyn Fn(usize) -> Option<&'v str>,
-) -> Result<Session, crate::session::SessionError> {
+) -> Result<Rc<Session>, crate::session::SessionError> {
     let max_age = here.config.cookie.expire_secs;
     let key = here
         .sessions
@@ -791,6 +800,7 @@ fn verified_session<'v>(
         }
     }
     let s = Session::verify_cookies(&here.config.keys, scope, first, chunk, here.now, max_age)?;
+    let s = Rc::new(s);
     if let (Some(cache), Some(key)) = (here.sessions, &key) {
         cache.borrow_mut().put(here.index, key, &s, here.now);
     }
@@ -814,16 +824,18 @@ fn is_flow_cookie(cfg: &Config, name: &[u8]) -> bool {
         .is_some_and(|rest| rest.starts_with(b"_csrf_"))
 }
 
-fn identity_headers(
-    cfg: &Config,
-    s: &Session,
+/// The identity headers of session `s` (upstream, or in an `/oauth2/auth` reply), borrowing
+/// the session's values where they go as they are.
+fn identity_headers<'a>(
+    cfg: &'a Config,
+    s: &'a Session,
     for_upstream: bool,
-) -> Vec<(Cow<'static, str>, String)> {
+) -> Vec<(&'a str, Cow<'a, str>)> {
     let mut out = Vec::with_capacity(2 * CLAIMS.len());
     let mut push = |name: fn(&ClaimSpec) -> &'static str| {
         for (spec, value) in CLAIMS.iter().zip(&s.claims) {
             if !value.is_empty() {
-                out.push((Cow::Borrowed(name(spec)), value.clone()));
+                out.push((name(spec), Cow::Borrowed(value.as_str())));
             }
         }
     };
@@ -836,29 +848,29 @@ fn identity_headers(
     if cfg.pass_groups && !s.groups.is_empty() {
         let joined = s.groups.join(",");
         if cfg.pass_user_headers && for_upstream {
-            out.push((Cow::Borrowed("x-forwarded-groups"), joined.clone()));
+            out.push(("x-forwarded-groups", Cow::Owned(joined.clone())));
         }
         if cfg.set_xauthrequest || !for_upstream {
-            out.push((Cow::Borrowed("x-auth-request-groups"), joined));
+            out.push(("x-auth-request-groups", Cow::Owned(joined)));
         }
     }
     for (header, path) in &cfg.claim_headers {
         if let Some(values) = s.attr(path).filter(|v| !v.is_empty()) {
-            out.push((Cow::Owned(header.clone()), values.join(",")));
+            out.push((header.as_str(), Cow::Owned(values.join(","))));
         }
     }
     if let Some(t) = &s.tokens {
         if cfg.pass_access_token && !t.access_token.is_empty() {
             if cfg.pass_user_headers && for_upstream {
                 out.push((
-                    Cow::Borrowed("x-forwarded-access-token"),
-                    t.access_token.clone(),
+                    "x-forwarded-access-token",
+                    Cow::Borrowed(t.access_token.as_str()),
                 ));
             }
             if cfg.set_xauthrequest || !for_upstream {
                 out.push((
-                    Cow::Borrowed("x-auth-request-access-token"),
-                    t.access_token.clone(),
+                    "x-auth-request-access-token",
+                    Cow::Borrowed(t.access_token.as_str()),
                 ));
             }
         }
@@ -869,8 +881,8 @@ fn identity_headers(
         };
         if bearer && !t.id_token.is_empty() {
             out.push((
-                Cow::Borrowed("authorization"),
-                format!("Bearer {}", t.id_token),
+                "authorization",
+                Cow::Owned(format!("Bearer {}", t.id_token)),
             ));
         }
     }
@@ -885,16 +897,14 @@ fn forward_via(cfg: &Config, req: &Request, via: Via) -> Forward {
 
 /// The request goes upstream without any identity header the client sent and with the
 /// session's identity (if any); `header_ops` also takes our cookies out.
-fn forward(cfg: &Config, req: &Request, s: Option<&Session>) -> Forward {
+fn forward(cfg: &Config, req: &Request, s: Option<&Rc<Session>>) -> Forward {
     let mut f = Forward::default();
     for (name, _) in &req.headers {
         if cfg.is_identity_header(name) && !f.remove.iter().any(|r| r == name) {
             f.remove.push(Cow::Owned(name.to_string()));
         }
     }
-    if let Some(s) = s {
-        f.set.extend(identity_headers(cfg, s, true));
-    }
+    f.identity = s.cloned();
     f
 }
 
@@ -919,7 +929,7 @@ fn auth_ok(cfg: &Config, query: &[(String, String)], s: &Session) -> LocalReply 
         status: 202,
         headers: identity_headers(cfg, s, false)
             .into_iter()
-            .map(|(k, v)| (k.into_owned(), v))
+            .map(|(k, v)| (k.to_string(), v.into_owned()))
             .chain([(
                 "x-oidc-filter-reason".into(),
                 Reason::Authenticated.code().into(),
@@ -1759,7 +1769,7 @@ fn pass_as(
                 remove: pending.remove.clone(),
                 ..Forward::default()
             };
-            f.set.extend(identity_headers(cfg, s, true));
+            f.identity = Some(Rc::new(s.clone()));
             f.set_cookies = cookies;
             f.log = log;
             return Pass::Forward(f);

@@ -12,6 +12,7 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::rc::Rc;
 
 use crate::session::{Session, MAX_CHUNKS};
 use crate::util::ct_eq;
@@ -24,7 +25,8 @@ pub const MAX_BYTES: usize = 2 << 20;
 struct Entry {
     provider: usize,
     key: String,
-    session: Session,
+    /// Shared with the requests that hit it: a hit costs no copy of the session.
+    session: Rc<Session>,
     bytes: usize,
 }
 
@@ -121,11 +123,11 @@ fn size_of(key: &str, s: &Session) -> usize {
 
 impl VerifiedSessions {
     /// The session kept for exactly these cookie values of `provider`'s cookie, if any.
-    pub fn get(&mut self, provider: usize, key: &str) -> Option<Session> {
+    pub fn get(&mut self, provider: usize, key: &str) -> Option<Rc<Session>> {
         match self.map.get(&slot(provider, key)) {
             Some(e) if e.provider == provider && ct_eq(e.key.as_bytes(), key.as_bytes()) => {
                 self.hits += 1;
-                Some(e.session.clone())
+                Some(Rc::clone(&e.session))
             }
             _ => {
                 self.misses += 1;
@@ -135,7 +137,7 @@ impl VerifiedSessions {
     }
 
     /// Keeps `session`, which `key` (see `cookie_key`) just verified to, at `now`.
-    pub fn put(&mut self, provider: usize, key: &str, session: &Session, now: u64) {
+    pub fn put(&mut self, provider: usize, key: &str, session: &Rc<Session>, now: u64) {
         let bytes = size_of(key, session);
         if bytes > MAX_BYTES / 8 {
             return;
@@ -163,7 +165,7 @@ impl VerifiedSessions {
             Entry {
                 provider,
                 key: key.to_string(),
-                session: session.clone(),
+                session: Rc::clone(session),
                 bytes,
             },
         );
@@ -189,15 +191,15 @@ impl VerifiedSessions {
 mod tests {
     use super::*;
 
-    fn session(expires_at: u64, sub: &str) -> Session {
-        Session {
+    fn session(expires_at: u64, sub: &str) -> Rc<Session> {
+        Rc::new(Session {
             expires_at,
             issued_at: 0,
             claims: [sub.into(), String::new(), String::new()],
             groups: vec![],
             attrs: vec![],
             tokens: None,
-        }
+        })
     }
 
     #[test]

@@ -55,7 +55,9 @@ fn req(method: &str, path: &str, s: Option<&(String, String)>) -> Request<'stati
 fn outcome(w: &mut World, r: &Request<'static>) -> (u32, String) {
     match w.request(r) {
         Decision::Continue(f) => {
-            let who = f.set.iter().any(|(k, _)| k == "x-forwarded-user");
+            let who = forwarded(&w.config, r, &f)
+                .iter()
+                .any(|(k, _)| k == "x-forwarded-user");
             (200, if who { "user" } else { "anonymous" }.into())
         }
         Decision::Reply(r) => (r.status, r.reason.code().into()),
