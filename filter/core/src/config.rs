@@ -536,7 +536,11 @@ struct Fields<'a> {
     errors: Vec<ConfigError>,
 }
 
+// The helpers stay out of line: the config walk calls them from some 200 places, and each
+// inlined copy (a map search, an error path) made the module 9 KB larger for a walk that runs
+// once per configuration.
 impl<'a> Fields<'a> {
+    #[inline(never)]
     fn new(map: &'a Map<String, Value>, prefix: String) -> Self {
         Fields {
             map,
@@ -545,6 +549,7 @@ impl<'a> Fields<'a> {
         }
     }
 
+    #[inline(never)]
     fn err(&mut self, field: &str, message: impl Into<String>) {
         self.errors.push(ConfigError {
             field: format!("{}{field}", self.prefix),
@@ -553,6 +558,7 @@ impl<'a> Fields<'a> {
     }
 
     /// Names every key that may not appear in this section.
+    #[inline(never)]
     fn check_keys(&mut self, allowed: &[Section]) {
         let map = self.map;
         for key in map.keys() {
@@ -577,6 +583,7 @@ impl<'a> Fields<'a> {
     }
 
     /// The domain patterns under `key` (a string or a list), each checked.
+    #[inline(never)]
     fn domains(&mut self, key: &str, dot: LeadingDot, ports: bool) -> Option<Vec<DomainPattern>> {
         let list = self.string_list(key)?;
         let mut out = Vec::with_capacity(list.len());
@@ -589,10 +596,12 @@ impl<'a> Fields<'a> {
         Some(out)
     }
 
+    #[inline(never)]
     fn present(&self, key: &str) -> bool {
         self.map.get(key).is_some_and(|v| !v.is_null())
     }
 
+    #[inline(never)]
     fn string(&mut self, key: &str) -> Option<String> {
         match self.map.get(key) {
             None | Some(Value::Null) => None,
@@ -604,6 +613,7 @@ impl<'a> Fields<'a> {
         }
     }
 
+    #[inline(never)]
     fn required_string(&mut self, key: &str) -> Option<String> {
         match self.string(key) {
             Some(s) if !s.trim().is_empty() => Some(s),
@@ -619,6 +629,7 @@ impl<'a> Fields<'a> {
         }
     }
 
+    #[inline(never)]
     fn bool_or(&mut self, key: &str, default: bool) -> bool {
         match self.map.get(key) {
             None | Some(Value::Null) => default,
@@ -631,6 +642,7 @@ impl<'a> Fields<'a> {
     }
 
     /// A string or a list of strings (oauth2-proxy takes both for list options).
+    #[inline(never)]
     fn string_list(&mut self, key: &str) -> Option<Vec<String>> {
         match self.map.get(key) {
             None | Some(Value::Null) => None,
@@ -655,6 +667,7 @@ impl<'a> Fields<'a> {
         }
     }
 
+    #[inline(never)]
     fn duration_ms(&mut self, key: &str, default: &str, min_ms: u64) -> u64 {
         let raw = self.string(key).unwrap_or_else(|| default.to_string());
         match parse_duration_ms(&raw) {
@@ -670,6 +683,7 @@ impl<'a> Fields<'a> {
         }
     }
 
+    #[inline(never)]
     fn url(&mut self, key: &str, raw: &str) -> Option<Url> {
         match Url::parse(raw) {
             Ok(u) if (u.scheme() == "https" || u.scheme() == "http") && u.host_str().is_some() => {
