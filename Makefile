@@ -14,6 +14,7 @@ WASM      := dist/oidc_filter.wasm
 SOURCES   := $(shell find filter/src filter/core/src -name '*.rs') filter/Cargo.toml filter/core/Cargo.toml Cargo.toml $(wildcard Cargo.lock)
 NOOP_WASM := dist/noop.wasm
 FLOOR_WASM := dist/cookie_floor.wasm
+CALLS_WASM := dist/host_calls_floor.wasm
 
 .PHONY: help check wasm test unit lint fmt-check e2e host-tests demo bench bench-host image istio-test clean fuzz fuzz-replay
 
@@ -34,6 +35,10 @@ $(NOOP_WASM): filter/examples/noop.rs filter/Cargo.toml Cargo.toml filter/build-
 # The least a cookie-session filter does: read the Cookie header, set one header.
 $(FLOOR_WASM): filter/examples/cookie_floor.rs filter/Cargo.toml Cargo.toml filter/build-wasm.sh
 	bash filter/build-wasm.sh $@ --example cookie_floor
+
+# The host calls an authenticated request makes, without the filter's work.
+$(CALLS_WASM): filter/examples/host_calls_floor.rs filter/Cargo.toml Cargo.toml filter/build-wasm.sh
+	bash filter/build-wasm.sh $@ --example host_calls_floor
 
 unit:
 	cargo test -p oidc-filter-core -p oidc-filter -p oidc-filter-cli
@@ -84,7 +89,7 @@ test: fmt-check lint unit fuzz-replay $(WASM) host-tests istio-test e2e
 	@echo "make test: all passed"
 
 # Not part of `make test`: about six minutes of load. e.g. BENCH_ARGS="--rounds 5" or "--memory-requests 0".
-bench: $(WASM) $(NOOP_WASM) $(FLOOR_WASM) bench-host
+bench: $(WASM) $(NOOP_WASM) $(FLOOR_WASM) $(CALLS_WASM) bench-host
 	bash envoy/bench/run.sh $(BENCH_ARGS)
 
 demo: $(WASM)

@@ -9,6 +9,9 @@ for --rounds rounds; wrk and Envoy are pinned to different cores where the machi
   b  wasm-noop       dist/noop.wasm: a proxy-wasm filter that does nothing (the wasm floor)
   b2 wasm-cookie-floor  dist/cookie_floor.wasm: reads the Cookie header and sets one header,
                      nothing else; the least any cookie-session filter costs on this host
+  b3 wasm-host-calls-floor  dist/host_calls_floor.wasm: the host calls (d) makes (the header
+                     map, the clock, the Cookie header removed, six identity headers added)
+                     and none of its work: (d) over (b3) is the filter's own wasm work
   c  envoy-oauth2    Envoy's native envoy.filters.http.oauth2, valid HMAC cookies (its
                      defaults: tokens in the cookies AES-encrypted)
   c2 envoy-oauth2-plain  the same with disable_token_encryption: its cheapest setting
@@ -124,6 +127,7 @@ CONFIGS = [
     ("a", "none", "no auth filter"),
     ("b", "wasm-noop", "no-op wasm filter (wasm floor)"),
     ("b2", "wasm-cookie-floor", "wasm: read Cookie, set 1 header"),
+    ("b3", "wasm-host-calls-floor", "wasm: (d)'s host calls, no work"),
     ("c", "envoy-oauth2", "Envoy oauth2, valid cookies"),
     ("c2", "envoy-oauth2-plain", "Envoy oauth2, tokens unencrypted"),
     ("d", "oidc-session", "oidc-filter, valid session"),
@@ -445,7 +449,7 @@ def plugin_config(key="d"):
     return c
 
 
-def envoy_config(key, ports, mint, wasm, noop, floor=None, supplies=None):
+def envoy_config(key, ports, mint, wasm, noop, floor=None, supplies=None, calls=None):
     main, idp, admin = ports
     if key == "a":
         filters = []
@@ -453,6 +457,8 @@ def envoy_config(key, ports, mint, wasm, noop, floor=None, supplies=None):
         filters = [wasm_filter(noop, "noop", "")]
     elif key == "b2":
         filters = [wasm_filter(floor, "cookie_floor", "")]
+    elif key == "b3":
+        filters = [wasm_filter(calls, "host_calls_floor", "")]
     elif key == "c":
         filters = [native_oauth2_filter()]
     elif key == "c2":
@@ -895,6 +901,7 @@ def requests_for(mint, native_cookie, native_plain_cookie="", supplies=None):
         "a": ("/", COMMON_HEADERS, "2xx"),
         "b": ("/", COMMON_HEADERS, "2xx"),
         "b2": ("/", COMMON_HEADERS + [("Cookie", f"{session['name']}={session['value']}")], "2xx"),
+        "b3": ("/", COMMON_HEADERS + [("Cookie", f"{session['name']}={session['value']}")], "2xx"),
         "c": ("/", COMMON_HEADERS + [("Cookie", native_cookie)], "2xx"),
         "c2": ("/", COMMON_HEADERS + [("Cookie", native_plain_cookie)], "2xx"),
         "d": ("/", COMMON_HEADERS + [("Cookie", f"{session['name']}={session['value']}")], "2xx"),
@@ -944,13 +951,15 @@ def check(env, key, reqs, mint, supplies=None):
         if s != 200 or body != "ok\n":
             fail(f"({key}) expected 200 ok, got {s} {body!r}")
         return "200 from direct_response"
-    if key == "b2":
+    if key in ("b2", "b3"):
         s, _, body = request(port, "/__verify/floor", headers)
         if s != 200 or body != "floor-forwarded\n":
-            fail(f"(b2) the Cookie header's length did not reach the route: {s} {body!r}")
+            fail(f"({key}) the Cookie header's length did not reach the route: {s} {body!r}")
         s, _, body = request(port, path, headers)
         if s != 200 or body != "ok\n":
-            fail(f"(b2) expected 200 ok, got {s} {body!r}")
+            fail(f"({key}) expected 200 ok, got {s} {body!r}")
+        if key == "b3":
+            return "200, header map and clock read, Cookie removed, six headers added"
         return "200, Cookie read and one header set"
     if key in ("c", "c2"):
         cookie_hdr = headers[-1]
@@ -1109,7 +1118,7 @@ def summarize(results, keys):
         }
     for k in keys:
         s = summary[k]
-        for base in ("a", "b", "b2", "c", "d"):
+        for base in ("a", "b", "b2", "b3", "c", "d"):
             if base in summary:
                 s[f"ratio_to_{base}"] = s["rps_median"] / summary[base]["rps_median"]
                 # Ratio of medians of per-round ratios: each round's configurations ran within
@@ -1120,6 +1129,9 @@ def summarize(results, keys):
                 s[f"round_ratio_to_{base}"] = statistics.median(per_round)
         if "a" in summary and s["cpu_us_per_req"] and summary["a"]["cpu_us_per_req"]:
             s["cpu_us_over_a"] = s["cpu_us_per_req"] - summary["a"]["cpu_us_per_req"]
+        for floor in ("b2", "b3"):
+            if floor in summary and s["cpu_us_per_req"] and summary[floor]["cpu_us_per_req"]:
+                s[f"cpu_ratio_to_{floor}"] = s["cpu_us_per_req"] / summary[floor]["cpu_us_per_req"]
         if "d" in summary and s["cpu_us_per_req"] and summary["d"]["cpu_us_per_req"]:
             # What a request of this kind costs Envoy's core next to an authenticated one.
             s["cpu_ratio_to_d"] = s["cpu_us_per_req"] / summary["d"]["cpu_us_per_req"]
@@ -1153,6 +1165,10 @@ def print_table(results, summary, keys, host):
     print("×(a), ×(b), ×(b2), ×(c), ×(d): median req/s relative to that configuration. CPU/req: Envoy's CPU time")
     print("per request (all threads, pinned to one core), median over rounds; +vs(a): minus (a)'s.")
     print("RSS: Envoy's VmRSS after the run. p50/p99: wrk --latency, median over rounds.")
+    d = summary.get("d", {})
+    if d.get("cpu_ratio_to_b2") and d.get("cpu_ratio_to_b3"):
+        print()
+        print(f"(d)'s CPU/req: {d['cpu_ratio_to_b2']:.2f}× (b2)'s, {d['cpu_ratio_to_b3']:.2f}× (b3)'s (the same host calls, none of the work)")
     new = [k for k in ("f", "g", "g2", "h", "i", "r") if k in keys]
     if new and "d" in keys:
         print()
@@ -1357,6 +1373,7 @@ def main():
     ap.add_argument("--wasm", default=os.path.join(ROOT, "dist", "oidc_filter.wasm"))
     ap.add_argument("--noop", default=os.path.join(ROOT, "dist", "noop.wasm"))
     ap.add_argument("--floor", default=os.path.join(ROOT, "dist", "cookie_floor.wasm"))
+    ap.add_argument("--calls-floor", default=os.path.join(ROOT, "dist", "host_calls_floor.wasm"))
     ap.add_argument("--out", default=os.path.join(ROOT, "target", "bench", "results.json"))
     ap.add_argument("--host-json", default=os.path.join(ROOT, "target", "bench", "host.json"))
     args = ap.parse_args()
@@ -1367,9 +1384,9 @@ def main():
     for tool in ("wrk", "openssl"):
         if not shutil.which(tool):
             fail(f"{tool} not found (envoy/bench/run.sh installs it)")
-    for path in (args.envoy, args.wasm, args.noop, args.floor):
+    for path in (args.envoy, args.wasm, args.noop, args.floor, args.calls_floor):
         if not os.path.exists(path):
-            fail(f"{path} missing (make wasm dist/noop.wasm dist/cookie_floor.wasm; envoy/install.sh)")
+            fail(f"{path} missing (make wasm dist/noop.wasm dist/cookie_floor.wasm dist/host_calls_floor.wasm; envoy/install.sh)")
 
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) >= 2 and shutil.which("taskset"):
@@ -1388,7 +1405,11 @@ def main():
         sup.ensure(1 + sup.slice_for(max(args.warmup, 1), args.connections, SUPPLY_GUESS[k]))
     log(f"minted in {time.time() - t_mint:.1f}s")
     cycle = {"file": mint["bearer"]["file"], "cursor": 0}
-    wasm_sizes = {"b": os.path.getsize(args.noop), "b2": os.path.getsize(args.floor)}
+    wasm_sizes = {
+        "b": os.path.getsize(args.noop),
+        "b2": os.path.getsize(args.floor),
+        "b3": os.path.getsize(args.calls_floor),
+    }
     for k in OIDC_KEYS:
         wasm_sizes[k] = os.path.getsize(args.wasm)
 
@@ -1410,7 +1431,7 @@ def main():
         ports = (base + 3 * slot, base + 3 * slot + 1, base + 3 * slot + 2)
         cfg = envoy_config(
             k, ports, mint, os.path.abspath(args.wasm), os.path.abspath(args.noop), os.path.abspath(args.floor),
-            supplies,
+            supplies, os.path.abspath(args.calls_floor),
         )
         label = label or f"{k}-{names[k]}"
         cfg_path = os.path.join(work, f"{label}.json")
