@@ -20,6 +20,7 @@ use crate::http::Request;
 use crate::oidc::{self, BearerExpected, IdTokenError, ACCEPTED_ALGS};
 use crate::reason::Reason;
 use crate::session::Session;
+use std::rc::Rc;
 
 /// Verified tokens kept per VM.
 pub const MAX_CACHED: usize = 1024;
@@ -60,7 +61,8 @@ pub fn bearer_token<'r>(req: &'r Request<'_>) -> Option<&'r str> {
 }
 
 struct Cached {
-    session: Session,
+    /// Shared with the requests that hit it, as `verified` does.
+    session: Rc<Session>,
     /// The token says `email_verified: false` (each host's policy decides).
     unverified: bool,
     /// `exp` plus the leeway: the entry serves until then.
@@ -87,11 +89,11 @@ impl BearerCache {
         h.finalize().into()
     }
 
-    fn get(&mut self, key: &[u8; 32], now: u64) -> Option<(Session, bool)> {
+    fn get(&mut self, key: &[u8; 32], now: u64) -> Option<(Rc<Session>, bool)> {
         match self.map.get(key) {
             Some(c) if c.until > now => {
                 self.hits += 1;
-                Some((c.session.clone(), c.unverified))
+                Some((Rc::clone(&c.session), c.unverified))
             }
             Some(_) => {
                 self.map.remove(key);
@@ -101,7 +103,7 @@ impl BearerCache {
         }
     }
 
-    fn put(&mut self, key: [u8; 32], entry: (Session, bool), until: u64, now: u64) {
+    fn put(&mut self, key: [u8; 32], entry: (Rc<Session>, bool), until: u64, now: u64) {
         if self.map.len() >= MAX_CACHED {
             // Expired entries first; then the oldest.
             self.map.retain(|_, c| c.until > now);
@@ -196,7 +198,7 @@ pub fn authenticate(
     provider: usize,
     token: &str,
     now: u64,
-) -> Result<(Session, bool), LocalReply> {
+) -> Result<(Rc<Session>, bool), LocalReply> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(invalid_token(
             "the token is too long",
@@ -305,9 +307,10 @@ pub fn authenticate(
         ));
     }
     let unverified = !email.is_empty() && identity.email_verified == Some(false);
+    let session = Rc::new(session);
     cache.put(
         key,
-        (session.clone(), unverified),
+        (Rc::clone(&session), unverified),
         exp.saturating_add(LEEWAY_SECS),
         now,
     );

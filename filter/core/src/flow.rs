@@ -567,7 +567,7 @@ fn bearer_session(
         return Ok(SessionState::Denied(Reason::EmailUnverified));
     }
     Ok(match crate::policy::check(policy, &s) {
-        Ok(()) => SessionState::Valid(Rc::new(s)),
+        Ok(()) => SessionState::Valid(s),
         Err(r) => SessionState::Denied(r),
     })
 }
