@@ -29,23 +29,11 @@ fn header_map() -> Vec<u8> {
     }
 }
 
-fn u32_at(b: &[u8], at: usize) -> usize {
-    b.get(at..at + 4)
-        .map_or(0, |w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]) as usize)
-}
-
 /// The length of the `cookie` value in a serialized map (names come lower-case).
 fn cookie_len(map: &[u8]) -> usize {
-    let count = u32_at(map, 0);
-    let mut at = 4 + 8 * count;
-    for i in 0..count {
-        let (k, v) = (u32_at(map, 4 + 8 * i), u32_at(map, 8 + 8 * i));
-        if map.get(at..at + k) == Some(b"cookie") {
-            return v;
-        }
-        at += k + v + 2;
-    }
-    0
+    oidc_filter_core::headermap::parse(map)
+        .and_then(|pairs| pairs.into_iter().find(|(k, _)| *k == b"cookie"))
+        .map_or(0, |(_, v)| v.len())
 }
 
 struct HostCallsFloor;

@@ -143,10 +143,9 @@ pub fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
     let mut words = hay.chunks_exact(8);
     let mut at = 0;
     for w in &mut words {
-        let Ok(w) = <[u8; 8]>::try_from(w) else {
-            break;
-        };
-        let x = u64::from_le_bytes(w) ^ pattern;
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        let x = u64::from_le_bytes(b) ^ pattern;
         let zero = x.wrapping_sub(LO) & !x & HI;
         if zero != 0 {
             return Some(at + (zero.trailing_zeros() / 8) as usize);
