@@ -9,6 +9,7 @@ import base64
 import itertools
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -46,10 +47,44 @@ def wasm_path():
     return os.environ.get("OIDC_FILTER_WASM") or os.path.join(ROOT, "dist", "oidc_filter.wasm")
 
 
+def _ephemeral_low():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_HANDED_OUT = set()
+_PORTS = random.Random(os.getpid())
+
+
 def free_port():
+    """A free 127.0.0.1 port below the kernel's ephemeral range, never the same one twice.
+
+    Ports are often reserved long before their listener binds (the OP registers redirect URIs
+    for every Envoy at session start). A port from the ephemeral range can meanwhile become the
+    local end of one of the thousands of connections the tests make, and the listener then
+    fails with EADDRINUSE; below that range only listeners compete.
+    """
+    low = _ephemeral_low()
+    if low > 12000:
+        for _ in range(200):
+            port = _PORTS.randrange(10000, low)
+            if port in _HANDED_OUT:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _HANDED_OUT.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port = s.getsockname()[1]
+    _HANDED_OUT.add(port)
+    return port
 
 
 def port_open(port, host="127.0.0.1"):
