@@ -25,7 +25,7 @@ wasm: $(WASM)
 
 # filter/build-wasm.sh picks the route: rustup's wasm32 target when installed, else Debian's
 # rustc-web with -Zbuild-std; then wasm-opt -Os.
-$(WASM): $(SOURCES) filter/build-wasm.sh
+$(WASM): $(SOURCES) filter/build-wasm.sh filter/wasm-exports
 	bash filter/build-wasm.sh $@
 
 # The wasm floor `make bench` compares against: a filter that does nothing.

@@ -2,8 +2,10 @@
 # Builds the filter (or one of its cdylib examples) for wasm and writes it to OUT.
 #   filter/build-wasm.sh OUT [--example NAME]
 # Route: rustup's wasm32-unknown-unknown or wasm32-wasip1 target when installed; else Debian's
-# rustc-web + cargo-web + rust-web-src with -Zbuild-std (installed by apt on demand). The result
-# goes through binaryen's `wasm-opt -Os` (installed on demand; skipped with a warning if it
+# rustc-web + cargo-web + rust-web-src with -Zbuild-std (installed by apt on demand; std built
+# with its `optimize_for_size` feature: 28 KB smaller, no path measurably slower). The filter's
+# exports are cut to filter/wasm-exports with binaryen's `wasm-metadce`, then the result goes
+# through `wasm-opt -Os` (binaryen installed on demand; each step skipped with a warning if it
 # cannot run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,18 +39,45 @@ else
   RUSTC_BOOTSTRAP=1 RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc \
   CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER="$linker" \
     /usr/bin/cargo build --release -p oidc-filter "${what[@]}" --target wasm32-unknown-unknown \
-      --target-dir "$target_dir/debian" -Zbuild-std=std,panic_abort
+      --target-dir "$target_dir/debian" -Zbuild-std=std,panic_abort \
+      -Zbuild-std-features=optimize_for_size
   built="$target_dir/debian/wasm32-unknown-unknown/release/$sub$name.wasm"
 fi
 
 mkdir -p "$(dirname "$out")"
 command -v wasm-opt >/dev/null || { echo "build-wasm: installing binaryen (apt)"; apt_install binaryen || true; }
 features=(--enable-bulk-memory --enable-sign-ext --enable-mutable-globals --enable-nontrapping-float-to-int)
+# The filter exports only filter/wasm-exports (the examples, the bench's floors, keep the SDK's
+# full set): wasm-metadce keeps what those exports reach and removes the rest.
+raw_size=$(stat -c %s "$built")
+if [ -z "$sub" ]; then
+  keep=()
+  while read -r line; do
+    line="${line%%#*}"; line="${line//[[:space:]]/}"
+    [ -n "$line" ] && keep+=("$line")
+  done < filter/wasm-exports
+  graph="$out.graph.json"
+  {
+    printf '[{"name":"outside","root":true,"reaches":['
+    sep=""; for e in "${keep[@]}"; do printf '%s"e:%s"' "$sep" "$e"; sep=","; done
+    printf ']}'
+    for e in "${keep[@]}"; do printf ',{"name":"e:%s","export":"%s"}' "$e" "$e"; done
+    printf ']\n'
+  } > "$graph"
+  if command -v wasm-metadce >/dev/null \
+     && wasm-metadce "${features[@]}" "$built" -f "$graph" -o "$out.pruned" >/dev/null; then
+    built="$out.pruned"
+  else
+    rm -f "$out.pruned"
+    echo "build-wasm: WARNING: wasm-metadce unavailable or failed; the SDK's unused exports stay" >&2
+  fi
+  rm -f "$graph"
+fi
 if command -v wasm-opt >/dev/null && wasm-opt -Os "${features[@]}" "$built" -o "$out.tmp"; then
-  mv "$out.tmp" "$out"
-  echo "build-wasm: $out $(stat -c %s "$out") bytes (wasm-opt -Os; $(stat -c %s "$built") before)"
+  mv "$out.tmp" "$out"; rm -f "$out.pruned"
+  echo "build-wasm: $out $(stat -c %s "$out") bytes ($raw_size as linked)"
 else
-  rm -f "$out.tmp"; cp "$built" "$out"
+  rm -f "$out.tmp"; cp "$built" "$out"; rm -f "$out.pruned"
   echo "build-wasm: WARNING: wasm-opt unavailable or failed; $out is not size-optimised" >&2
   echo "build-wasm: $out $(stat -c %s "$out") bytes"
 fi

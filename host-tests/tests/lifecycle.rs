@@ -296,3 +296,64 @@ fn module_imports_are_all_linked() {
         host.transcript()[0]
     );
 }
+
+/// The names filter/wasm-exports lists.
+fn listed_exports() -> Vec<&'static str> {
+    include_str!("../../filter/wasm-exports")
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+#[test]
+fn every_callback_the_glue_implements_is_exported() {
+    // `fn on_http_request_headers` is `proxy_on_request_headers`, `fn on_tick` `proxy_on_tick`,
+    // `fn on_http_call_response` `proxy_on_http_call_response`.
+    let glue = include_str!("../../filter/src/wasm.rs");
+    let implemented: Vec<String> = glue
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("fn on_"))
+        .filter_map(|rest| rest.split('(').next())
+        .map(|name| match name.strip_prefix("http_") {
+            Some(r) if r.starts_with("request_") || r.starts_with("response_") => {
+                format!("proxy_on_{r}")
+            }
+            _ => format!("proxy_on_{name}"),
+        })
+        .collect();
+    assert!(
+        implemented.len() >= 8,
+        "the callbacks in wasm.rs were not found: {implemented:?}"
+    );
+    let listed = listed_exports();
+    for name in &implemented {
+        assert!(
+            listed.contains(&name.as_str()),
+            "wasm.rs implements {name} but filter/wasm-exports does not keep it"
+        );
+    }
+}
+
+#[test]
+fn the_module_exports_exactly_the_listed_callbacks() {
+    let path = host_tests::default_wasm_path();
+    let module = wasmtime::Module::from_file(&wasmtime::Engine::default(), &path)
+        .unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+    let mut exported: Vec<&str> = module.exports().map(|e| e.name()).collect();
+    let mut listed = listed_exports();
+    exported.sort_unstable();
+    listed.sort_unstable();
+    assert_eq!(
+        exported, listed,
+        "the module's exports differ from filter/wasm-exports (was it built by filter/build-wasm.sh?)"
+    );
+    // What an authenticated request no longer enters the VM for.
+    for dropped in [
+        "proxy_on_log",
+        "proxy_on_response_body",
+        "proxy_on_grpc_receive",
+    ] {
+        assert!(!exported.contains(&dropped), "{dropped} is exported");
+    }
+}
