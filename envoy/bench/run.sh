@@ -3,7 +3,8 @@
 # Envoy venv's python. Arguments go to bench.py (--duration, --rounds, --only, ...).
 #   Needs dist/oidc_filter.wasm, dist/noop.wasm and dist/cookie_floor.wasm (the Makefile
 #   builds them first).
-#   Envoy: envoy/install.sh (envoy/.venv).  wrk, openssl, taskset: Debian packages.
+#   Envoy: envoy/install.sh (envoy/.venv).  wrk, openssl, taskset, valgrind (the instruction
+#   counts): Debian packages.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -16,6 +17,7 @@ missing=()
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
+command -v callgrind_control >/dev/null 2>&1 || missing+=(valgrind)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "run.sh: please install: ${missing[*]} (apt)" >&2
