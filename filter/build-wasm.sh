@@ -3,7 +3,9 @@
 #   filter/build-wasm.sh OUT [--example NAME]
 # Route: rustup's wasm32-unknown-unknown or wasm32-wasip1 target when installed; else Debian's
 # rustc-web + cargo-web + rust-web-src with -Zbuild-std (installed by apt on demand; std built
-# with its `optimize_for_size` feature: 28 KB smaller, no path measurably slower). The filter's
+# with its `optimize_for_size` feature: 28 KB smaller, no path measurably slower; panic
+# locations carry their file only, `-Zlocation-detail=file`: 13 KB of line and column records
+# and their copies gone, and a panic's message still says which file). The filter's
 # exports are cut to filter/wasm-exports with binaryen's `wasm-metadce`, then the result goes
 # through `wasm-opt -Os` (binaryen installed on demand; each step skipped with a warning if it
 # cannot run).
@@ -37,6 +39,7 @@ else
   fi
   linker="$(command -v rust-lld || command -v wasm-ld-19)"
   RUSTC_BOOTSTRAP=1 RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc \
+  RUSTFLAGS="${RUSTFLAGS:-} -Zlocation-detail=file" \
   CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER="$linker" \
     /usr/bin/cargo build --release -p oidc-filter "${what[@]}" --target wasm32-unknown-unknown \
       --target-dir "$target_dir/debian" -Zbuild-std=std,panic_abort \
