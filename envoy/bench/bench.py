@@ -60,7 +60,8 @@ at 0, 10 %, 25 %, 50 % and 100 % of them, next to (a)'s and (b)'s (no wasm; a no
 Then, unless --instr-requests 0, each configuration whose request can be sent again and again
 runs once more in an Envoy under valgrind's callgrind: after a warm-up, its instructions over
 --instr-requests requests on one connection (all of Envoy's threads, the JIT-compiled wasm
-included) are counted and divided. A count of instructions does not move with the machine's
+included) are counted and divided; with (b3) come (b3)'s module making only a part of its host
+calls (HOST_CALL_PARTS), which tells what each costs (--no-host-call-parts: not those). A count of instructions does not move with the machine's
 load or another guest's steal time as CPU time does: runs agree within 2 % (seen: (d)
 174.7k-178.4k, (b2) 141.6k-141.8k), so these ratios hold where the timed ones above are
 noisy (valgrind: apt). They
@@ -152,6 +153,21 @@ CONFIGS = [
 ]
 # Configurations whose one request can be repeated (not f, g2, r): measured under callgrind too.
 INSTR_KEYS = ("a", "b", "b2", "b3", "c", "c2", "d", "e", "g", "h", "i")
+# (b3)'s module doing a part of (d)'s host calls (its plugin configuration: see
+# filter/examples/host_calls_floor.rs), counted under callgrind after (b3) to tell what each
+# host call costs. Cumulative from "map" to (b3); "cookie" and "set-map" are the alternatives
+# the ABI offers: one header read instead of the map, the map written back in one call
+# instead of a remove and six adds.
+HOST_CALL_PARTS = [
+    # key, configuration, what
+    ("b3:entries", "entries", "the VM's callbacks alone (returns at once)"),
+    ("b3:cookie", "cookie", "only the Cookie header read, as (b2)"),
+    ("b3:map", "map", "the header map read, as (d)"),
+    ("b3:clock", "clock", "+ the clock"),
+    ("b3:remove", "remove", "+ the Cookie header removed"),
+    ("b3", "", "+ six headers added, one call each: (b3)"),
+    ("b3:set-map", "set-map", "instead: the map written back in one call"),
+]
 # Requests sent before callgrind's counters are zeroed (the wasm tiered up, caches filled).
 INSTR_WARMUP = 200
 # Configurations of our filter (dist/oidc_filter.wasm).
@@ -472,8 +488,8 @@ def envoy_config(key, ports, mint, wasm, noop, floor=None, supplies=None, calls=
         filters = [wasm_filter(noop, "noop", "")]
     elif key == "b2":
         filters = [wasm_filter(floor, "cookie_floor", "")]
-    elif key == "b3":
-        filters = [wasm_filter(calls, "host_calls_floor", "")]
+    elif key == "b3" or key.startswith("b3:"):
+        filters = [wasm_filter(calls, "host_calls_floor", key[3:])]
     elif key == "c":
         filters = [native_oauth2_filter()]
     elif key == "c2":
@@ -964,6 +980,11 @@ def check(env, key, reqs, mint, supplies=None):
     """Each configuration must behave as intended before it is measured."""
     path, headers, _ = reqs[key]
     port = env.main
+    if key.startswith("b3:"):
+        s, _, body = request(port, path, headers)
+        if s != 200 or body != "ok\n":
+            fail(f"({key}) expected 200 ok, got {s} {body!r}")
+        return "200"
     if key in ("a", "b"):
         s, _, body = request(port, path, headers)
         if s != 200 or body != "ok\n":
@@ -1444,9 +1465,10 @@ def instructions_phase(start_envoy, keys, reqs, n, mint, supplies, work):
     process's threads on one core)."""
     def one(slot_key):
         slot, k = slot_key
-        out = os.path.join(work, f"callgrind-{k}.out")
+        stem = f"callgrind-{k.replace(':', '-')}.out"
+        out = os.path.join(work, stem)
         for f in os.listdir(work):
-            if f.startswith(f"callgrind-{k}.out"):
+            if f.startswith(stem):
                 os.remove(os.path.join(work, f))
         wrap = ["valgrind", "--tool=callgrind", "--smc-check=all-non-file", f"--callgrind-out-file={out}"]
         t0 = time.time()
@@ -1490,6 +1512,31 @@ def print_instructions(instr, keys):
         print("  (c), (c2): Envoy's native C++ and BoringSSL: their instructions are not comparable in time with the wasm's (no ratio).")
 
 
+def print_host_call_parts(instr):
+    """What each of (d)'s host calls costs: (b3)'s module doing a part of them."""
+    have = [(k, what) for k, _, what in HOST_CALL_PARTS if k in instr]
+    if len(have) < 2:
+        return
+    per = {k: instr[k]["per_request"] for k, _ in have}
+    print("\nWhat (d)'s host calls cost: (b3)'s module making a part of them (instructions per request):")
+    prev = None
+    for k, what in have:
+        note = ""
+        if k in ("b3:cookie", "b3:map") and "b3:entries" in per:
+            note = f"{per[k] - per['b3:entries']:+,.0f} over the callbacks alone"
+        elif k == "b3:set-map" and "b3:clock" in per:
+            note = f"{per[k] - per['b3:clock']:+,.0f} over \"+ the clock\""
+            if "b3" in per:
+                note += f" (the remove and six adds: {per['b3'] - per['b3:clock']:+,.0f})"
+        elif prev is not None and k not in ("b3:entries",):
+            note = f"{per[k] - per[prev]:+,.0f}"
+            if k == "b3":
+                note += f" ({(per[k] - per[prev]) / 6:,.0f} a header)"
+        print(f"  {what:<46} {per[k]:>10,.0f}   {note}")
+        if k not in ("b3:cookie", "b3:set-map"):
+            prev = k
+
+
 def print_memory(mem, results):
     s = mem["samples"]
     print(f"\nMemory: (d) oidc-session in a fresh Envoy, driven for {mem['requests_target']:,} requests "
@@ -1523,6 +1570,8 @@ def main():
                     help="requests of (d) in a fresh Envoy after the rounds, VmRSS sampled (0: skip)")
     ap.add_argument("--instr-requests", type=int, default=int(os.environ.get("BENCH_INSTR_REQUESTS", 1000)),
                     help="requests counted under callgrind per repeatable configuration (0: skip)")
+    ap.add_argument("--no-host-call-parts", action="store_true",
+                    help="under callgrind, skip (b3)'s module making a part of its host calls")
     ap.add_argument("--envoy", default=os.path.join(ROOT, "envoy", ".venv", "bin", "envoy"))
     ap.add_argument("--wasm", default=os.path.join(ROOT, "dist", "oidc_filter.wasm"))
     ap.add_argument("--noop", default=os.path.join(ROOT, "dist", "noop.wasm"))
@@ -1577,6 +1626,7 @@ def main():
     instructions = None
     post_lines, post_problems = [], []
     names = dict((c[0], c[1]) for c in CONFIGS)
+    names.update((k, f"host-calls-{cfg}") for k, cfg, _ in HOST_CALL_PARTS if k != "b3")
 
     def stop_all(*_):
         for e in envoys.values():
@@ -1732,13 +1782,18 @@ def main():
             log("memory phase skipped: (d) is not among the configurations")
 
         instr_keys = [k for k in keys if k in INSTR_KEYS]
+        if "b3" in instr_keys and not args.no_host_call_parts:
+            parts = [k for k, _, _ in HOST_CALL_PARTS if k != "b3"]
+            for k in parts:
+                reqs[k] = reqs["b3"]
+            instr_keys += parts
         if args.instr_requests > 0 and instr_keys:
             for k in keys:
                 envoys[k].stop()
             binary = envoy_binary(args.envoy)
             log(f"instructions: {', '.join(instr_keys)} under callgrind, two at a time (about a minute each)")
             instructions = instructions_phase(
-                lambda k, slot, wrap: envoys.setdefault(f"instr-{k}", start_envoy(k, slot, f"instr-{k}-{names[k]}", wrap, binary)),
+                lambda k, slot, wrap: envoys.setdefault(f"instr-{k}", start_envoy(k, slot, f"instr-{k.replace(':', '-')}-{names[k]}", wrap, binary)),
                 instr_keys, reqs, args.instr_requests, mint, supplies, work)
             for k, res in instructions.items():
                 if res["unexpected"]:
@@ -1810,6 +1865,7 @@ def main():
         print_memory(memory, results)
     if instructions:
         print_instructions(instructions, keys)
+        print_host_call_parts(instructions)
     if host is not None:
         print()
         print_host(host)

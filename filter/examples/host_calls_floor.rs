@@ -6,11 +6,21 @@
 //! that the calls ran. The gap between this and (d) is the filter's own wasm work; the gap
 //! between (b2) and this is what those host calls cost on this host.
 //!
+//! Its plugin configuration picks a part of those calls, so that the bench can count what
+//! each costs (cumulative, in this order): `entries` (none: the VM's callbacks alone),
+//! `map` (the header map read), `clock` (and the clock), `remove` (and the Cookie header
+//! removed), empty or `all` (and the six headers added: the floor itself). Two ways the ABI
+//! offers instead: `cookie` (only the Cookie header read, as (b2) does) and `set-map` (the
+//! map, the clock, and the whole map written back in one `proxy_set_header_map_pairs`, the
+//! Cookie header out and the six in).
+//!
 //!     make dist/host_calls_floor.wasm
 
+use std::cell::Cell;
+
 use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, MapType};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, MapType};
 
 #[link(wasm_import_module = "env")]
 extern "C" {
@@ -29,11 +39,57 @@ fn header_map() -> Vec<u8> {
     }
 }
 
-/// The length of the `cookie` value in a serialized map (names come lower-case).
-fn cookie_len(map: &[u8]) -> usize {
-    oidc_filter_core::headermap::parse(map)
-        .and_then(|pairs| pairs.into_iter().find(|(k, _)| *k == b"cookie"))
-        .map_or(0, |(_, v)| v.len())
+const IDENTITY: [&str; 5] = [
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-preferred-username",
+    "x-auth-request-email",
+    "x-auth-request-preferred-username",
+];
+
+#[derive(Clone, Copy, PartialEq)]
+enum Calls {
+    Entries,
+    Cookie,
+    Map,
+    Clock,
+    Remove,
+    All,
+    SetMap,
+}
+
+thread_local! {
+    static CALLS: Cell<Calls> = const { Cell::new(Calls::All) };
+}
+
+struct Root;
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let config = self.get_plugin_configuration().unwrap_or_default();
+        let calls = match config.as_slice() {
+            b"" | b"all" => Calls::All,
+            b"entries" => Calls::Entries,
+            b"cookie" => Calls::Cookie,
+            b"map" => Calls::Map,
+            b"clock" => Calls::Clock,
+            b"remove" => Calls::Remove,
+            b"set-map" => Calls::SetMap,
+            _ => return false,
+        };
+        CALLS.with(|c| c.set(calls));
+        true
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(HostCallsFloor))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
 }
 
 struct HostCallsFloor;
@@ -42,26 +98,57 @@ impl Context for HostCallsFloor {}
 
 impl HttpContext for HostCallsFloor {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let len = cookie_len(&header_map()).to_string();
-        let _ = hostcalls::get_current_time();
+        let calls = CALLS.with(Cell::get);
         let t = MapType::HttpRequestHeaders;
-        let _ = hostcalls::set_map_value(t, "cookie", None);
-        let _ = hostcalls::add_map_value(t, "x-auth-request-user", &len);
-        for name in [
-            "x-forwarded-user",
-            "x-forwarded-email",
-            "x-forwarded-preferred-username",
-            "x-auth-request-email",
-            "x-auth-request-preferred-username",
-        ] {
-            let _ = hostcalls::add_map_value(t, name, "alice@example.com");
+        match calls {
+            Calls::Entries => return Action::Continue,
+            Calls::Cookie => {
+                let _ = hostcalls::get_map_value_bytes(t, "cookie");
+                return Action::Continue;
+            }
+            _ => {}
+        }
+        let map = header_map();
+        let pairs = oidc_filter_core::headermap::parse(&map).unwrap_or_default();
+        let len = pairs
+            .iter()
+            .find(|(k, _)| *k == b"cookie")
+            .map_or(0, |(_, v)| v.len())
+            .to_string();
+        if calls == Calls::Map {
+            return Action::Continue;
+        }
+        let _ = hostcalls::get_current_time();
+        match calls {
+            Calls::Remove => {
+                let _ = hostcalls::set_map_value(t, "cookie", None);
+            }
+            Calls::All => {
+                let _ = hostcalls::set_map_value(t, "cookie", None);
+                let _ = hostcalls::add_map_value(t, "x-auth-request-user", &len);
+                for name in IDENTITY {
+                    let _ = hostcalls::add_map_value(t, name, "alice@example.com");
+                }
+            }
+            Calls::SetMap => {
+                // Names come from the host lower-case and valid; values go as bytes.
+                let mut out: Vec<(&str, &[u8])> = pairs
+                    .iter()
+                    .filter(|(k, _)| *k != b"cookie")
+                    .map(|(k, v)| (std::str::from_utf8(k).unwrap_or_default(), *v))
+                    .collect();
+                out.push(("x-auth-request-user", len.as_bytes()));
+                for name in IDENTITY {
+                    out.push((name, b"alice@example.com"));
+                }
+                let _ = hostcalls::set_map_bytes(t, out);
+            }
+            _ => {}
         }
         Action::Continue
     }
 }
 
 proxy_wasm::main! {{
-    proxy_wasm::set_http_context(|_context_id, _root_context_id| -> Box<dyn HttpContext> {
-        Box::new(HostCallsFloor)
-    });
+    proxy_wasm::set_root_context(|_context_id| -> Box<dyn RootContext> { Box::new(Root) });
 }}
