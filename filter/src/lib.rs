@@ -5,6 +5,13 @@
 //! arguments and returns decisions as data. `wasm` is the only module that talks to the host,
 //! and is compiled only for wasm32. See ARCHITECTURE.md.
 
+// `--cfg oidc_size` (filter/build-wasm.sh's Debian route, whose std build already needs
+// RUSTC_BOOTSTRAP): the functions marked `#[cfg_attr(oidc_size, optimize(size))]` are
+// compiled for size. They run at configuration, on the provider's documents and token
+// answers, and on the filter's own endpoints (callback, sign-out, userinfo): never on a
+// request the filter lets through, refuses or redirects to the provider.
+#![cfg_attr(oidc_size, feature(optimize_attribute))]
+
 pub use oidc_filter_core::*;
 
 // Compiled for wasm32; clippy also checks it on the host (check only, never linked there).

@@ -285,6 +285,7 @@ struct Root {
 impl Root {
     /// Carries out what the engine has due: the logins it answers (on their own contexts),
     /// then the fetches it wants sent.
+    #[cfg_attr(oidc_size, optimize(size))]
     fn pump(&mut self) {
         let Some(now) = now_secs() else { return };
         let mut logs = Vec::new();
@@ -323,6 +324,7 @@ impl Root {
 }
 
 impl Context for Root {
+    #[cfg_attr(oidc_size, optimize(size))]
     fn on_http_call_response(
         &mut self,
         token: u32,
@@ -351,6 +353,7 @@ impl Context for Root {
 }
 
 impl RootContext for Root {
+    #[cfg_attr(oidc_size, optimize(size))]
     fn on_configure(&mut self, size: usize) -> bool {
         let raw = hostcall::buffer(hostcall::PLUGIN_CONFIGURATION, 0, size).unwrap_or_default();
         let cfg = match Config::parse(&raw, &read_env) {

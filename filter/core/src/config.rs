@@ -798,6 +798,7 @@ pub fn looks_like_password(secret: &str) -> Option<&'static str> {
 impl Config {
     /// Parses and validates a plugin configuration. `env` reads the VM's environment, for the
     /// `*_env` keys. Returns every problem found, one per field.
+    #[cfg_attr(oidc_size, optimize(size))]
     pub fn parse(
         json: &[u8],
         env: &dyn Fn(&str) -> Option<String>,
@@ -1210,6 +1211,7 @@ fn keys_from(f: &mut Fields, env: &dyn Fn(&str) -> Option<String>) -> Option<Vec
 }
 
 /// A policy: the keys present in this section, the rest from `parent` (the top level's).
+#[cfg_attr(oidc_size, optimize(size))]
 fn policy_from(f: &mut Fields, parent: Option<&Policy>) -> Policy {
     let email_domains = match f.string_list("email_domains") {
         None => parent.map_or(EmailDomains::Any, |p| p.email_domains.clone()),
@@ -1602,6 +1604,7 @@ fn host_from(
 }
 
 /// One provider's keys, from the top level (`default`) or a `providers` entry.
+#[cfg_attr(oidc_size, optimize(size))]
 fn provider_from(
     f: &mut Fields,
     name: &str,

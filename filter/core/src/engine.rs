@@ -194,6 +194,7 @@ impl Engine {
         self.config.source(i).map_or("?", |p| p.name.as_str())
     }
 
+    #[cfg_attr(oidc_size, optimize(size))]
     fn record(
         &mut self,
         provider: usize,

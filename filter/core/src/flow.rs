@@ -295,6 +295,7 @@ fn probe(ctx: &Ctx<'_>, req: &Request) -> Option<LocalReply> {
 }
 
 /// oauth2-proxy's `/oauth2/userinfo`: the session's identity as JSON.
+#[cfg_attr(oidc_size, optimize(size), inline(never))]
 fn userinfo(s: &Session) -> LocalReply {
     let mut body = serde_json::json!({
         "user": s.sub(),
@@ -1090,6 +1091,7 @@ fn is_state_shaped(s: &str) -> bool {
 }
 
 /// RFC 6749 §4.1.2: the authorization response at the redirect URI.
+#[cfg_attr(oidc_size, optimize(size), inline(never))]
 fn on_callback(ctx: &Ctx<'_>, req: &Request) -> Decision {
     let cfg = ctx.config;
     let params = query_params(req.query());
@@ -1267,6 +1269,7 @@ fn session_cookies(
 
 /// A token request with `grant` and our client authentication: RFC 6749 §4.1.3 (the code,
 /// with the PKCE verifier, RFC 7636 §4.5) or §6 (a refresh).
+#[cfg_attr(oidc_size, optimize(size))]
 pub(crate) fn token_request(
     cfg: &ProviderConfig,
     provider: &Provider,
@@ -1363,6 +1366,7 @@ fn is_unsafe_in_header(c: char) -> bool {
 }
 
 /// The token endpoint answered (`status` is `None` when the call failed or timed out).
+#[cfg_attr(oidc_size, optimize(size))]
 pub fn on_token_response(
     ctx: &Ctx<'_>,
     pending: &PendingLogin,
@@ -1527,6 +1531,7 @@ fn kept_tokens(keep: crate::config::Keep, id_token: &str, body: &[u8], now: u64)
 
 /// Clears the session cookie with the attributes it was set with, then sends the user to a
 /// validated `rd` (or `/`).
+#[cfg_attr(oidc_size, optimize(size), inline(never))]
 fn sign_out(here: &Here<'_>, req: &Request) -> LocalReply {
     let cfg = here.config;
     let target = rd_param(req)
@@ -1848,6 +1853,7 @@ pub enum Refreshed {
 }
 
 /// The token endpoint's answer to a refresh (RFC 6749 §5.1 / §5.2; OIDC Core §12.2).
+#[cfg_attr(oidc_size, optimize(size), inline(never))]
 pub fn on_refresh_response(
     ctx: &Ctx<'_>,
     pending: &crate::refresh::PendingRefresh,

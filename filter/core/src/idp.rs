@@ -152,6 +152,7 @@ impl IdpState {
     }
 
     /// A fetch answered (`status` is `None` when it failed). Returns a log line.
+    #[cfg_attr(oidc_size, optimize(size))]
     pub fn on_response(
         &mut self,
         cfg: &ProviderConfig,

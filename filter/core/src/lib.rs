@@ -4,6 +4,13 @@
 //! come in as arguments; decisions, replies, callouts and header changes go out as data. The
 //! proxy-wasm glue (the `oidc-filter` crate) translates host calls into these inputs and these
 //! outputs into host calls. See ARCHITECTURE.md.
+
+// `--cfg oidc_size` (filter/build-wasm.sh's Debian route, whose std build already needs
+// RUSTC_BOOTSTRAP): the functions marked `#[cfg_attr(oidc_size, optimize(size))]` are
+// compiled for size. They run at configuration, on the provider's documents and token
+// answers, and on the filter's own endpoints (callback, sign-out, userinfo): never on a
+// request the filter lets through, refuses or redirects to the provider.
+#![cfg_attr(oidc_size, feature(optimize_attribute))]
 #![forbid(unsafe_code)]
 
 pub mod bearer;

@@ -54,6 +54,7 @@ fn url_field(m: &serde_json::Value, field: &str) -> Result<Url, String> {
 impl Provider {
     /// OpenID Connect Discovery 1.0 §4.3: the `issuer` in the metadata must be identical to
     /// the issuer URL configured.
+    #[cfg_attr(oidc_size, optimize(size))]
     pub fn from_discovery(body: &[u8], expected_issuer: &str) -> Result<Provider, String> {
         let m: serde_json::Value = serde_json::from_slice(body)
             .map_err(|e| format!("discovery document: {}", json_kind(&e)))?;
@@ -121,6 +122,7 @@ impl KeySet {
     /// Parses a JWKS. Each key is read on its own: one we cannot use (an encryption key,
     /// another key type or curve, a weak RSA key, members of unexpected types, x5c only) is
     /// skipped without touching the others; a document that is not a JWKS is an error.
+    #[cfg_attr(oidc_size, optimize(size))]
     pub fn parse(body: &[u8]) -> Result<KeySet, String> {
         let raw: RawJwks =
             serde_json::from_slice(body).map_err(|e| format!("JWKS: {}", json_kind(&e)))?;
@@ -190,6 +192,7 @@ pub struct OtherTokens {
 
 /// The access and refresh tokens of a token response, as far as they are well formed
 /// (a token is kept only as a visible-ASCII string under 8 KB).
+#[cfg_attr(oidc_size, optimize(size))]
 pub fn other_tokens(body: &[u8]) -> OtherTokens {
     let Ok(serde_json::Value::Object(r)) = serde_json::from_slice::<serde_json::Value>(body) else {
         return OtherTokens::default();
@@ -210,6 +213,7 @@ pub fn other_tokens(body: &[u8]) -> OtherTokens {
 
 /// RFC 6749 §5.1 / OIDC Core §3.1.3.3: the token response is a JSON object that must carry
 /// an `id_token`.
+#[cfg_attr(oidc_size, optimize(size))]
 pub fn id_token_from_response(body: &[u8]) -> Result<String, &'static str> {
     let r: serde_json::Value =
         serde_json::from_slice(body).map_err(|_| "token response is not JSON")?;
@@ -441,6 +445,7 @@ fn verify_with(
 
 /// The token's signature, by a key of `keys` (the `kid`'s, else any that fits) and an `alg`
 /// of `algs`; returns its claims and its `typ` header.
+#[cfg_attr(oidc_size, optimize(size))]
 fn verified_claims(
     raw: &str,
     keys: &KeySet,
