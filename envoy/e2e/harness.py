@@ -165,11 +165,14 @@ class OP:
             argv += ["--redirect-uris", ",".join(redirect_uris)]
         self.proc = Proc(name, argv, log_dir)
         # Node starts in a second or two; a loaded CI machine once took over 20 s. The OP's
-        # own log goes with a timeout, since the test's log directory is removed afterwards.
+        # own log goes with a timeout, since the test's log directory is removed afterwards,
+        # and an OP that never came up is stopped (no fixture owns it yet).
         try:
             wait_until(self._ready, 60, "OP discovery on :%d" % self.port)
         except TimeoutError as e:
-            raise TimeoutError("%s\nOP log:\n%s" % (e, self.proc.tail())) from None
+            tail = self.proc.tail()
+            self.proc.stop()
+            raise TimeoutError("%s\nOP log:\n%s" % (e, tail)) from None
 
     def _ready(self):
         if not self.proc.alive():

@@ -135,10 +135,24 @@ async function findAccount(ctx, id) {
 }
 
 // ---------------------------------------------------------------- keys
+// A new private key. Generated straight to PKCS#8 PEM and read back as a key of its own:
+// Node 20 can deadlock when the KeyObject that generateKeyPairSync returns is exported as a
+// JWK and a garbage collection during the export destroys the generation job, whose
+// destructor locks the mutex of the very key the export holds (seen in CI: the OP hung in
+// ExportJWK before it listened). The key read back shares no mutex with any job.
+function generatePrivateKey(type, options) {
+  const { privateKey } = crypto.generateKeyPairSync(type, {
+    ...options,
+    publicKeyEncoding: { type: 'spki', format: 'pem' },
+    privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
+  });
+  return crypto.createPrivateKey(privateKey);
+}
+
 let keyGeneration = 0;
 function newSigningKey() {
   keyGeneration += 1;
-  const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const privateKey = generatePrivateKey('rsa', { modulusLength: 2048 });
   const jwk = privateKey.export({ format: 'jwk' });
   jwk.kid = `op-key-${keyGeneration}-${crypto.randomBytes(4).toString('hex')}`;
   jwk.use = 'sig';
@@ -149,7 +163,7 @@ function newSigningKey() {
 // Keys that stay across rotations, for the API clients whose access tokens use another
 // algorithm than RS256: a PS256 RSA key and an ES256 (P-256) key.
 function staticKey(type, options, alg) {
-  const { privateKey } = crypto.generateKeyPairSync(type, options);
+  const privateKey = generatePrivateKey(type, options);
   const jwk = privateKey.export({ format: 'jwk' });
   jwk.kid = `op-${alg.toLowerCase()}-${crypto.randomBytes(4).toString('hex')}`;
   jwk.use = 'sig';
@@ -453,7 +467,7 @@ const MISBEHAVE_MODES = new Set([
   'no_id_token', 'unverified_email', 'resign',
 ]);
 let misbehave = '';
-const foreignKey = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
+const foreignKey = generatePrivateKey('rsa', { modulusLength: 2048 });
 
 const b64json = (obj) => Buffer.from(JSON.stringify(obj)).toString('base64url');
 const unb64json = (s) => JSON.parse(Buffer.from(s, 'base64url').toString('utf8'));
