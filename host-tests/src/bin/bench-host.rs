@@ -249,6 +249,25 @@ fn main() {
         &|o| assert!(o.is_continued(), "{o:?}"),
     );
 
+    // skip_auth_routes: eight regexes a request with a session is checked against (none
+    // matches, so every one runs) before its session is.
+    let (mut rhost, rreq, _) = session_with(
+        json!({"skip_auth_routes": [
+            "GET=^/health$", "^/public/", "^/static/.*\\.(css|js|png)$",
+            "POST=^/webhooks/[a-z]+$", "^/metrics$", "^/api/v[0-9]+/status$",
+            "^/favicon\\.ico$", "^/robots\\.txt$"
+        ]}),
+        json!({}),
+        "at".into(),
+    );
+    measure(
+        &mut rhost,
+        "session_8_skip_routes",
+        "valid session, 8 skip_auth_routes checked (none matches) → continue",
+        &|h| h.request(rreq.clone()),
+        &|o| assert!(o.is_continued(), "{o:?}"),
+    );
+
     // Callback: the request up to the token request, then the token response (RS256 check).
     // Each run is a login of its own: a login's code is exchanged once.
     let (mut req_f, mut resp_f, mut total_f) = (Vec::new(), Vec::new(), Vec::new());
