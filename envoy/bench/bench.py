@@ -1456,6 +1456,8 @@ def count_instructions(env, out, key, reqs, n, mint, supplies):
         if os.path.exists(dump):
             break
         time.sleep(0.1)
+    else:
+        fail(f"({key}) callgrind wrote no dump to {dump}")
     total = callgrind_totals(dump)
     return {"requests": n, "instructions": total, "per_request": total / n, "unexpected": wrong}
 
@@ -1791,10 +1793,15 @@ def main():
             for k in keys:
                 envoys[k].stop()
             binary = envoy_binary(args.envoy)
+
+            def start_counted(k, slot, wrap):
+                # Kept in `envoys`, so that stop_all stops it if the bench is cut short.
+                label = f"instr-{k.replace(':', '-')}-{names[k]}"
+                envoys[label] = start_envoy(k, slot, label, wrap, binary)
+                return envoys[label]
+
             log(f"instructions: {', '.join(instr_keys)} under callgrind, two at a time (about a minute each)")
-            instructions = instructions_phase(
-                lambda k, slot, wrap: envoys.setdefault(f"instr-{k}", start_envoy(k, slot, f"instr-{k.replace(':', '-')}-{names[k]}", wrap, binary)),
-                instr_keys, reqs, args.instr_requests, mint, supplies, work)
+            instructions = instructions_phase(start_counted, instr_keys, reqs, args.instr_requests, mint, supplies, work)
             for k, res in instructions.items():
                 if res["unexpected"]:
                     post_problems.append(f"instructions: UNEXPECTED: ({k}) {res['unexpected']} responses not {reqs[k][2]}")
