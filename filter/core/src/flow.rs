@@ -635,6 +635,12 @@ fn is_own_endpoint(cfg: &Config, url: &str) -> bool {
             Err(_) => return true,
         },
     };
+    // A path of plain characters (no dot segment, no escape) is asked for as it is: only
+    // others need resolving.
+    let head = path.split(['?', '#']).next().unwrap_or(path);
+    if head.bytes().all(is_plain_path_byte) {
+        return is_own_path(cfg, head);
+    }
     // Resolve `.`, `..` and percent-escapes the way the browser will before it asks.
     match url::Url::parse("http://h").and_then(|b| b.join(path)) {
         Ok(u) => is_own_path(cfg, u.path()),
@@ -642,17 +648,43 @@ fn is_own_endpoint(cfg: &Config, url: &str) -> bool {
     }
 }
 
+/// A byte the WHATWG URL parser keeps as it is in a path, and that no dot segment or escape
+/// is made of.
+fn is_plain_path_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'/' | b'-'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+        )
+}
+
 fn is_own_path(cfg: &Config, path: &str) -> bool {
-    let decoded = percent_decode(path);
-    [path, decoded.as_str()].iter().any(|p| {
-        let p = p.to_ascii_lowercase();
-        let p = p.trim_end_matches('/');
-        let under = |base: &str| {
-            let base = base.to_ascii_lowercase();
-            p == base || p.starts_with(&format!("{base}/"))
-        };
-        under(&cfg.prefix) || under(&cfg.callback_path)
-    })
+    let own = |p: &str| is_under(p, &cfg.prefix) || is_under(p, &cfg.callback_path);
+    own(path) || (path.contains('%') && own(&percent_decode(path)))
+}
+
+/// Whether `path`, its trailing slashes aside, is `base` or below it (ASCII case aside).
+fn is_under(path: &str, base: &str) -> bool {
+    let p = path.trim_end_matches('/').as_bytes();
+    let b = base.as_bytes();
+    p.get(..b.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(b))
+        && (p.len() == b.len() || p.get(b.len()) == Some(&b'/'))
 }
 
 /// `%XX` escapes decoded (RFC 3986 §2.1); anything else kept as it is.
@@ -1997,4 +2029,69 @@ fn oauth_error_code(body: &[u8]) -> Option<&'static str> {
     ]
     .into_iter()
     .find(|c| *c == code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Config {
+        let cfg = serde_json::json!({
+            "oidc_issuer_url": "https://issuer.example.com",
+            "client_id": "app", "client_secret": "x", "idp_cluster": "idp",
+            "cookie_secret": "q83vEjRWeJCrze8SNFZ4kA==",
+        });
+        Config::parse(cfg.to_string().as_bytes(), &|_| None).unwrap()
+    }
+
+    /// The path taken as it is when it has only plain characters decides as resolving it
+    /// with the URL parser does.
+    #[test]
+    fn plain_paths_decide_as_resolved_ones() {
+        let cfg = cfg();
+        let resolved = |path: &str| {
+            let u = url::Url::parse("http://h").unwrap().join(path).unwrap();
+            is_own_path(&cfg, u.path())
+        };
+        let mut own = 0;
+        for p in [
+            "/",
+            "/oauth2",
+            "/oauth2/",
+            "/oauth2//",
+            "/OAuth2/sign_out",
+            "/oauth2/start?rd=/x",
+            "/oauth2/callback#f",
+            "/oauth2x",
+            "/oauth2x/page",
+            "/oauth",
+            "/x/oauth2/start",
+            "/oauth2;x",
+            "/oauth2:x/y",
+            "/oauth2@",
+            "/a//b",
+            "/oauth2/callback/x",
+            "/callback",
+            "/oauth2(x)",
+            "/oauth2&y=1",
+            "/~oauth2",
+            "/oauth2+",
+        ] {
+            let head = p.split(['?', '#']).next().unwrap();
+            assert!(head.bytes().all(is_plain_path_byte), "{p}");
+            assert_eq!(is_own_endpoint(&cfg, p), resolved(p), "{p}");
+            own += usize::from(resolved(p));
+        }
+        assert_eq!(own, 7);
+        // Dots and escapes are resolved first.
+        for p in [
+            "/x/../oauth2/start",
+            "/oauth2/./start",
+            "/%6Fauth2/start",
+            "/oauth2%2Fstart",
+        ] {
+            assert!(is_own_endpoint(&cfg, p), "{p}");
+        }
+        assert!(!is_own_endpoint(&cfg, "/oauth2/../x"));
+    }
 }
