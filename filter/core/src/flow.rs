@@ -374,9 +374,9 @@ pub fn error_reply(reason: Reason, detail: Option<String>) -> LocalReply {
     }
 }
 
-fn redirect(location: &str, cookies: Vec<String>, reason: Reason) -> LocalReply {
+fn redirect(location: String, cookies: Vec<String>, reason: Reason) -> LocalReply {
     let mut headers = vec![
-        ("location".to_string(), location.to_string()),
+        ("location".to_string(), location),
         ("cache-control".to_string(), "no-store".to_string()),
         (
             "x-oidc-filter-reason".to_string(),
@@ -1036,24 +1036,26 @@ fn redirect_to_authorization_endpoint(
     let Some(value) = flow.encode(key, &here.p.scope(&cookie_name)) else {
         return error_reply(Reason::InternalError, Some("login cookie too large".into()));
     };
-    let mut location = idp.provider.authorization_endpoint.clone();
-    location.query_pairs_mut().extend_pairs([
-        ("response_type", "code"),
-        ("client_id", here.p.client_id.as_str()),
-        ("redirect_uri", redirect_uri.as_str()),
-        ("scope", here.p.scope.as_str()),
-        ("state", state.as_str()),
-        ("nonce", nonce.as_str()),
-        ("code_challenge", challenge.as_str()),
-        ("code_challenge_method", "S256"),
-    ]);
+    let location = crate::util::with_query_pairs(
+        &idp.provider.authorization_endpoint,
+        &[
+            ("response_type", "code"),
+            ("client_id", here.p.client_id.as_str()),
+            ("redirect_uri", redirect_uri.as_str()),
+            ("scope", here.p.scope.as_str()),
+            ("state", state.as_str()),
+            ("nonce", nonce.as_str()),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+        ],
+    );
     let attrs = flow_attrs(cfg, &req.host());
     let mut cookies: Vec<String> = stale_logins(cfg, here.now, req)
         .iter()
         .map(|name| attrs.clear(name))
         .collect();
     cookies.push(attrs.set(&cookie_name, &value, LOGIN_TTL_SECS));
-    redirect(location.as_str(), cookies, Reason::LoginRedirect)
+    redirect(location, cookies, Reason::LoginRedirect)
 }
 
 /// A return URL longer than this is not kept in the login cookie: its query is dropped (and
@@ -1237,7 +1239,11 @@ fn on_callback(ctx: &Ctx<'_>, req: &Request) -> Decision {
     // refusal. Either way the login cookie goes.
     let clear = flow_attrs(cfg, &req.host()).clear(&cookie_name);
     let replayed = if matches!(current_session(&here, req), SessionState::Valid(_)) {
-        redirect(&flow.return_url, vec![clear], Reason::LoginAlreadyComplete)
+        redirect(
+            flow.return_url.clone(),
+            vec![clear],
+            Reason::LoginAlreadyComplete,
+        )
     } else {
         let mut r = error_reply(
             Reason::CallbackReplayed,
@@ -1527,7 +1533,7 @@ pub fn on_token_response(
         cfg.cookie.expire_secs,
     );
     cookies.push(flow_attrs(cfg, &pending.host).clear(&pending.flow_cookie));
-    let mut r = redirect(&pending.return_url, cookies, Reason::LoginComplete);
+    let mut r = redirect(pending.return_url.clone(), cookies, Reason::LoginComplete);
     r.detail = Some("login complete".into());
     TokenOutcome::Reply(r)
 }
@@ -1585,16 +1591,14 @@ fn sign_out(here: &Here<'_>, req: &Request) -> LocalReply {
             .and_then(|s| s.tokens)
             .map(|t| t.id_token)
             .filter(|t| !t.is_empty());
-        let mut location = end.clone();
-        {
-            let mut q = location.query_pairs_mut();
-            if let Some(h) = &hint {
-                q.append_pair("id_token_hint", h);
-            }
-            q.append_pair("client_id", &here.p.client_id);
-            q.append_pair("post_logout_redirect_uri", &post);
+        let mut pairs = Vec::with_capacity(3);
+        if let Some(h) = &hint {
+            pairs.push(("id_token_hint", h.as_str()));
         }
-        let mut r = redirect(location.as_str(), clears, Reason::SignedOut);
+        pairs.push(("client_id", here.p.client_id.as_str()));
+        pairs.push(("post_logout_redirect_uri", post.as_str()));
+        let location = crate::util::with_query_pairs(end, &pairs);
+        let mut r = redirect(location, clears, Reason::SignedOut);
         r.detail = Some(format!(
             "signed out; ending the provider's session ({})",
             if hint.is_some() {
@@ -1605,7 +1609,7 @@ fn sign_out(here: &Here<'_>, req: &Request) -> LocalReply {
         ));
         return r;
     }
-    redirect(&target, clears, Reason::SignedOut)
+    redirect(target, clears, Reason::SignedOut)
 }
 
 /// The session the request carries, whatever the policy says of it.

@@ -13,6 +13,64 @@ pub fn b64url(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// `url` with `pairs` added to its query, encoded as `application/x-www-form-urlencoded`
+/// (the WHATWG URL standard's serializer), as `Url::query_pairs_mut` would write it: one
+/// string written once, where that re-splits and re-serialises the URL.
+pub fn with_query_pairs(url: &url::Url, pairs: &[(&str, &str)]) -> String {
+    let head = &url[..url::Position::AfterQuery];
+    let fragment = url.as_str().get(head.len()..).unwrap_or_default();
+    let mut out = String::with_capacity(
+        url.as_str().len()
+            + pairs
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 2)
+                .sum::<usize>()
+            + 64,
+    );
+    out.push_str(head);
+    let mut sep = match url.query() {
+        None => {
+            out.push('?');
+            ""
+        }
+        Some("") => "",
+        Some(_) => "&",
+    };
+    for (k, v) in pairs {
+        out.push_str(sep);
+        push_form_encoded(&mut out, k);
+        out.push('=');
+        push_form_encoded(&mut out, v);
+        sep = "&";
+    }
+    out.push_str(fragment);
+    out
+}
+
+/// `application/x-www-form-urlencoded` byte serialisation: ASCII letters, digits and `*-._`
+/// as they are, space as `+`, every other byte `%XX`.
+fn push_form_encoded(out: &mut String, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let bytes = s.as_bytes();
+    let mut run = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'*' | b'-' | b'.' | b'_') {
+            continue;
+        }
+        // The run before `i` is ASCII (so `run..i` are char boundaries), or empty.
+        out.push_str(s.get(run..i).unwrap_or_default());
+        if b == b' ' {
+            out.push('+');
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        }
+        run = i + 1;
+    }
+    out.push_str(s.get(run..).unwrap_or_default());
+}
+
 pub fn b64url_decode(s: &str) -> Option<Vec<u8>> {
     URL_SAFE_NO_PAD.decode(s).ok()
 }
@@ -195,6 +253,37 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_pairs_are_written_as_url_writes_them() {
+        let pairs = [
+            ("response_type", "code"),
+            (
+                "redirect_uri",
+                "https://app.example.com:8443/oauth2/callback?x=1&y=a b",
+            ),
+            ("scope", "openid email profile"),
+            ("state", "Zm9v-YmFy_YmF6"),
+            ("odd key=&+%", "*-._~!'()/?#[]@,;:$\\"),
+            ("unicode", "äö€\u{1F600}\u{7f}\u{0}"),
+            ("", ""),
+        ];
+        for base in [
+            "https://idp.example.com/authorize",
+            "https://idp.example.com/authorize?",
+            "https://idp.example.com/authorize?tenant=a%20b&x",
+            "https://idp.example.com/authorize#frag",
+            "https://idp.example.com:8443/a/b/?c=d#e",
+        ] {
+            let u = url::Url::parse(base).unwrap();
+            let mut want = u.clone();
+            want.query_pairs_mut().extend_pairs(pairs);
+            assert_eq!(with_query_pairs(&u, &pairs), want.as_str(), "{base}");
+            let mut none = u.clone();
+            none.query_pairs_mut();
+            assert_eq!(with_query_pairs(&u, &[]), none.as_str(), "{base}");
+        }
+    }
 
     #[test]
     fn find_byte_agrees_with_a_plain_search() {
