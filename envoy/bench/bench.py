@@ -15,6 +15,8 @@ for --rounds rounds; wrk and Envoy are pinned to different cores where the machi
   c  envoy-oauth2    Envoy's native envoy.filters.http.oauth2, valid HMAC cookies (its
                      defaults: tokens in the cookies AES-encrypted)
   c2 envoy-oauth2-plain  the same with disable_token_encryption: its cheapest setting
+  c3 envoy-oauth2-redirect  the native filter without cookies: its 302 to the authorization
+                     endpoint (state, PKCE S256, their cookies), (e)'s counterpart
   d  oidc-session    our filter, valid session cookie, set_xauthrequest
   e  oidc-redirect   our filter, no session: 302 to the authorization endpoint
   f  oidc-callback   our filter, a full callback, each request a login of its own (state, flow
@@ -66,7 +68,7 @@ load or another guest's steal time as CPU time does: runs agree within 2 % (seen
 174.7k-178.4k, (b2) 141.6k-141.8k), so these ratios hold where the timed ones above are
 noisy (valgrind: apt). They
 compare like with like: the wasm configurations with the wasm floors; Envoy's native filter
-((c), (c2)) runs other code, whose instructions take another time each, and gets no ratio.
+((c), (c2), (c3)) runs other code, whose instructions take another time each, and gets no ratio.
 
 Prints a table and writes target/bench/results.json. Stdlib only; run with envoy/.venv's
 python (envoy/bench/run.sh does).
@@ -142,6 +144,7 @@ CONFIGS = [
     ("b3", "wasm-host-calls-floor", "wasm: (d)'s host calls, no work"),
     ("c", "envoy-oauth2", "Envoy oauth2, valid cookies"),
     ("c2", "envoy-oauth2-plain", "Envoy oauth2, tokens unencrypted"),
+    ("c3", "envoy-oauth2-redirect", "Envoy oauth2, login redirect"),
     ("d", "oidc-session", "oidc-filter, valid session"),
     ("e", "oidc-redirect", "oidc-filter, login redirect"),
     ("f", "oidc-callback", "oidc-filter, full callback"),
@@ -152,7 +155,7 @@ CONFIGS = [
     ("r", "oidc-refresh", "oidc-filter, session refreshed"),
 ]
 # Configurations whose one request can be repeated (not f, g2, r): measured under callgrind too.
-INSTR_KEYS = ("a", "b", "b2", "b3", "c", "c2", "d", "e", "g", "h", "i")
+INSTR_KEYS = ("a", "b", "b2", "b3", "c", "c2", "c3", "d", "e", "g", "h", "i")
 # (b3)'s module doing a part of (d)'s host calls (its plugin configuration: see
 # filter/examples/host_calls_floor.rs), counted under callgrind after (b3) to tell what each
 # host call costs. Cumulative from "map" to (b3); "cookie" and "set-map" are the alternatives
@@ -490,7 +493,7 @@ def envoy_config(key, ports, mint, wasm, noop, floor=None, supplies=None, calls=
         filters = [wasm_filter(floor, "cookie_floor", "")]
     elif key == "b3" or key.startswith("b3:"):
         filters = [wasm_filter(calls, "host_calls_floor", key[3:])]
-    elif key == "c":
+    elif key in ("c", "c3"):
         filters = [native_oauth2_filter()]
     elif key == "c2":
         filters = [native_oauth2_filter(encrypt_tokens=False)]
@@ -938,6 +941,7 @@ def requests_for(mint, native_cookie, native_plain_cookie="", supplies=None):
         "b3": ("/", COMMON_HEADERS + [("Cookie", f"{session['name']}={session['value']}")], "2xx"),
         "c": ("/", COMMON_HEADERS + [("Cookie", native_cookie)], "2xx"),
         "c2": ("/", COMMON_HEADERS + [("Cookie", native_plain_cookie)], "2xx"),
+        "c3": ("/", COMMON_HEADERS, "3xx"),
         "d": ("/", COMMON_HEADERS + [("Cookie", f"{session['name']}={session['value']}")], "2xx"),
         "e": ("/", COMMON_HEADERS, "3xx"),
         "f": (f_path, COMMON_HEADERS + f_headers, "3xx"),
@@ -1025,6 +1029,19 @@ def check(env, key, reqs, mint, supplies=None):
         if s not in (302, 401, 503):
             fail(f"(d) a tampered cookie got {s}")
         return "200, x-auth-request-*/x-forwarded-* set, own cookie removed; tampered cookie refused"
+    if key == "c3":
+        # Envoy's native filter without cookies: its login redirect, (e)'s counterpart (state,
+        # PKCE S256 and their cookies).
+        s, h, body = request(port, path, headers)
+        loc = (header_values(h, "location") or [""])[0]
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(loc).query)
+        cookies = header_values(h, "set-cookie")
+        if s != 302 or not loc.startswith(f"{ISSUER}/authorize?"):
+            fail(f"(c3) expected 302 to the authorization endpoint, got {s} {loc!r} {body!r}")
+        missing = [p for p in ("state", "code_challenge", "redirect_uri") if not query.get(p)]
+        if missing or query.get("code_challenge_method") != ["S256"] or not cookies:
+            fail(f"(c3) the redirect lacks {missing or 'PKCE S256 or its cookies'}: {loc!r} {len(cookies)} cookies")
+        return f"302 to authorization endpoint, state + PKCE S256, {len(cookies)} cookies set"
     if key == "e":
         s, h, body = request_past_503(port, path, headers)
         loc = (header_values(h, "location") or [""])[0]
@@ -1157,7 +1174,7 @@ def summarize(results, keys):
         }
     for k in keys:
         s = summary[k]
-        for base in ("a", "b", "b2", "b3", "c", "d"):
+        for base in ("a", "b", "b2", "b3", "c", "c3", "d"):
             if base in summary:
                 s[f"ratio_to_{base}"] = s["rps_median"] / summary[base]["rps_median"]
                 # Ratio of medians of per-round ratios: each round's configurations ran within
@@ -1208,6 +1225,11 @@ def print_table(results, summary, keys, host):
     if d.get("cpu_ratio_to_b2") and d.get("cpu_ratio_to_b3"):
         print()
         print(f"(d)'s CPU/req: {d['cpu_ratio_to_b2']:.2f}× (b2)'s, {d['cpu_ratio_to_b3']:.2f}× (b3)'s (the same host calls, none of the work)")
+    e = summary.get("e", {})
+    if e.get("ratio_to_c3") and summary.get("c3", {}).get("cpu_us_per_req") and e.get("cpu_us_per_req"):
+        print()
+        print(f"(e)'s login redirect: {e['ratio_to_c3']:.2f}× the req/s of Envoy's native filter's (c3) "
+              f"(per round {e['round_ratio_to_c3']:.2f}×), {e['cpu_us_per_req'] / summary['c3']['cpu_us_per_req']:.2f}× its CPU/req")
     new = [k for k in ("f", "g", "g2", "h", "i", "r") if k in keys]
     if new and "d" in keys:
         print()
@@ -1500,7 +1522,7 @@ def print_instructions(instr, keys):
         if k not in instr:
             continue
         v = instr[k]["per_request"]
-        native = k in ("c", "c2")
+        native = k in ("c", "c2", "c3")
         print(f"  {k + ')':<3} {names[k]:<34} {v:>10,.0f}"
               + "".join(f" {'-' if native else format(v / instr[b]['per_request'], '.3f'):>6}" for b in bases))
     if "d" in instr and "b2" in instr:
@@ -1510,8 +1532,8 @@ def print_instructions(instr, keys):
             line += (f"; (b3), (d)'s host calls with none of its work, is {instr['b3']['per_request'] / instr['b2']['per_request']:.3f}× (b2)'s,"
                      f" so the filter's own work is {(d - instr['b3']['per_request']) / instr['b2']['per_request']:.3f}× (b2)'s")
         print(line)
-    if "c" in instr or "c2" in instr:
-        print("  (c), (c2): Envoy's native C++ and BoringSSL: their instructions are not comparable in time with the wasm's (no ratio).")
+    if any(k in instr for k in ("c", "c2", "c3")):
+        print("  (c), (c2), (c3): Envoy's native C++ and BoringSSL: their instructions are not comparable in time with the wasm's (no ratio).")
 
 
 def print_host_call_parts(instr):
