@@ -3,10 +3,11 @@
 //! a count, not a timing: the same module and requests give the same number on any machine,
 //! so a regression fails `make test` here rather than showing up in a benchmark later.
 //!
-//! The budgets sit about 15 % above what the module costs now (the median of 11 runs, as
-//! `make bench-host` measures them: 16,628 / 24,049 / 136,133 here, and 45,443 for a session
-//! cookie the VM has not verified before); lower them when a change makes a path cheaper,
-//! raise them only with a reason in the commit.
+//! The budgets sit 15-20 % above what the module costs (the median of 11 runs, as
+//! `make bench-host` measures them: 16,628 / 24,049 / 136,133 when they were set, and 45,443
+//! for a session cookie the VM has not verified before; the redirect's lowered to 123,000 at
+//! 106,949, on 2026-12-08); lower them when a change makes a path cheaper, raise them only
+//! with a reason in the commit.
 mod common;
 
 use common::*;
@@ -18,7 +19,7 @@ const AUTHENTICATED: u64 = 19_000;
 /// The first request with a session cookie: its MAC is checked.
 const AUTHENTICATED_FIRST: u64 = 52_000;
 const UNAUTHENTICATED_API: u64 = 27_500;
-const LOGIN_REDIRECT: u64 = 155_000;
+const LOGIN_REDIRECT: u64 = 123_000;
 
 fn median_fuel(host: &mut Host, f: &dyn Fn(&mut Host) -> Outcome, check: &dyn Fn(&Outcome)) -> u64 {
     let mut fuels: Vec<u64> = (0..11)

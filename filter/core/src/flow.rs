@@ -1648,7 +1648,7 @@ fn absolute_url(req: &Request, target: &str) -> Option<String> {
     } else {
         "https"
     };
-    Some(format!("{scheme}://{}{target}", req.authority))
+    Some([scheme, "://", &req.authority, target].concat())
 }
 
 // ---- A session that goes on: the last-seen mark, and refresh (`cookie_refresh`) ----

@@ -238,12 +238,18 @@ impl CookieAttrs {
     }
 
     pub fn set(&self, name: &str, value: &str, max_age: u64) -> String {
-        let mut s = format!("{name}={value}; Path={}", self.path);
+        let mut s = String::with_capacity(name.len() + value.len() + self.path.len() + 96);
+        s.push_str(name);
+        s.push('=');
+        s.push_str(value);
+        s.push_str("; Path=");
+        s.push_str(&self.path);
         if let Some(d) = &self.domain {
             s.push_str("; Domain=");
             s.push_str(d);
         }
-        s.push_str(&format!("; Max-Age={max_age}"));
+        s.push_str("; Max-Age=");
+        crate::util::push_decimal(&mut s, max_age);
         if self.httponly {
             s.push_str("; HttpOnly");
         }

@@ -10,7 +10,7 @@
 
 use crate::claims::{ClaimValues, EMAIL, SUB};
 use crate::config::KeySet;
-use crate::util::{b64url, b64url_decode, ct_eq, put_lp, MacKey, Reader};
+use crate::util::{b64url, b64url_decode, ct_eq, push_b64url, put_lp, MacKey, Reader};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 
 const VERSION: &str = "2";
@@ -108,7 +108,13 @@ pub struct Scope<'a> {
 
 fn seal(key: &MacKey, label: &[u8], scope: &Scope<'_>, payload: &[u8]) -> String {
     let mac = mac_of(key, label, scope, payload);
-    format!("{VERSION}.{}.{}", b64url(payload), b64url(&mac))
+    let mut s = String::with_capacity(VERSION.len() + 2 + (payload.len() + mac.len()) * 4 / 3 + 2);
+    s.push_str(VERSION);
+    s.push('.');
+    push_b64url(&mut s, payload);
+    s.push('.');
+    push_b64url(&mut s, &mac);
+    s
 }
 
 /// Checks the MAC against each key and returns the payload and the index of the key that
@@ -411,7 +417,7 @@ pub const FLOW_ID_LEN: usize = 16;
 
 pub fn flow_cookie_name(cookie_name: &str, state: &str) -> Option<String> {
     let id = state.get(..FLOW_ID_LEN)?;
-    Some(format!("{cookie_name}_csrf_{id}"))
+    Some([cookie_name, "_csrf_", id].concat())
 }
 
 impl LoginFlow {

@@ -71,6 +71,26 @@ fn push_form_encoded(out: &mut String, s: &str) {
     out.push_str(s.get(run..).unwrap_or_default());
 }
 
+/// `bytes` in base64url without padding, appended to `out`.
+pub fn push_b64url(out: &mut String, bytes: &[u8]) {
+    URL_SAFE_NO_PAD.encode_string(bytes, out);
+}
+
+/// `n` in decimal, appended to `out` (what `write!(out, "{n}")` does, without the formatter).
+pub fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+        start -= 1;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(digits.get(start..).unwrap_or_default()).unwrap_or("0"));
+}
+
 pub fn b64url_decode(s: &str) -> Option<Vec<u8>> {
     URL_SAFE_NO_PAD.decode(s).ok()
 }
@@ -253,6 +273,27 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimal_as_display_writes_it() {
+        for n in [
+            0,
+            1,
+            9,
+            10,
+            99,
+            100,
+            300,
+            86_400,
+            1_234_567_890,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            let mut s = String::from("x=");
+            push_decimal(&mut s, n);
+            assert_eq!(s, format!("x={n}"));
+        }
+    }
 
     #[test]
     fn query_pairs_are_written_as_url_writes_them() {
