@@ -53,23 +53,37 @@ fn push_form_encoded(out: &mut String, s: &str) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let bytes = s.as_bytes();
     let mut run = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'*' | b'-' | b'.' | b'_') {
-            continue;
-        }
+    while let Some(n) = bytes
+        .get(run..)
+        .and_then(|rest| rest.iter().position(|&b| !FORM_PLAIN[usize::from(b)]))
+    {
+        let i = run + n;
         // The run before `i` is ASCII (so `run..i` are char boundaries), or empty.
         out.push_str(s.get(run..i).unwrap_or_default());
-        if b == b' ' {
-            out.push('+');
-        } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 15)]));
+        match bytes.get(i) {
+            Some(b' ') => out.push('+'),
+            Some(&b) => {
+                let hex = [b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]];
+                out.push_str(std::str::from_utf8(&hex).unwrap_or_default());
+            }
+            None => break,
         }
         run = i + 1;
     }
     out.push_str(s.get(run..).unwrap_or_default());
 }
+
+/// The bytes `application/x-www-form-urlencoded` keeps as they are.
+static FORM_PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric() || matches!(b, b'*' | b'-' | b'.' | b'_');
+        i += 1;
+    }
+    t
+};
 
 /// `bytes` in base64url without padding, appended to `out`.
 pub fn push_b64url(out: &mut String, bytes: &[u8]) {
