@@ -19,7 +19,8 @@ pub fn b64url(bytes: &[u8]) -> String {
 pub fn with_query_pairs(url: &url::Url, pairs: &[(&str, &str)]) -> String {
     let head = &url[..url::Position::AfterQuery];
     let fragment = url.as_str().get(head.len()..).unwrap_or_default();
-    let mut out = String::with_capacity(
+    // Bytes, checked as UTF-8 once at the end: what is added is ASCII or `&str` slices.
+    let mut out = Vec::with_capacity(
         url.as_str().len()
             + pairs
                 .iter()
@@ -27,50 +28,45 @@ pub fn with_query_pairs(url: &url::Url, pairs: &[(&str, &str)]) -> String {
                 .sum::<usize>()
             + 64,
     );
-    out.push_str(head);
-    let mut sep = match url.query() {
+    out.extend_from_slice(head.as_bytes());
+    let mut sep: &[u8] = match url.query() {
         None => {
-            out.push('?');
-            ""
+            out.push(b'?');
+            b""
         }
-        Some("") => "",
-        Some(_) => "&",
+        Some("") => b"",
+        Some(_) => b"&",
     };
     for (k, v) in pairs {
-        out.push_str(sep);
-        push_form_encoded(&mut out, k);
-        out.push('=');
-        push_form_encoded(&mut out, v);
-        sep = "&";
+        out.extend_from_slice(sep);
+        push_form_encoded(&mut out, k.as_bytes());
+        out.push(b'=');
+        push_form_encoded(&mut out, v.as_bytes());
+        sep = b"&";
     }
-    out.push_str(fragment);
-    out
+    out.extend_from_slice(fragment.as_bytes());
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// `application/x-www-form-urlencoded` byte serialisation: ASCII letters, digits and `*-._`
 /// as they are, space as `+`, every other byte `%XX`.
-fn push_form_encoded(out: &mut String, s: &str) {
+fn push_form_encoded(out: &mut Vec<u8>, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let bytes = s.as_bytes();
-    let mut run = 0;
-    while let Some(n) = bytes
-        .get(run..)
-        .and_then(|rest| rest.iter().position(|&b| !FORM_PLAIN[usize::from(b)]))
-    {
-        let i = run + n;
-        // The run before `i` is ASCII (so `run..i` are char boundaries), or empty.
-        out.push_str(s.get(run..i).unwrap_or_default());
-        match bytes.get(i) {
-            Some(b' ') => out.push('+'),
-            Some(&b) => {
-                let hex = [b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]];
-                out.push_str(std::str::from_utf8(&hex).unwrap_or_default());
-            }
-            None => break,
+    let mut rest = bytes;
+    while let Some(i) = rest.iter().position(|&b| !FORM_PLAIN[usize::from(b)]) {
+        let (plain, tail) = rest.split_at(i);
+        out.extend_from_slice(plain);
+        let Some((&b, tail)) = tail.split_first() else {
+            break;
+        };
+        if b == b' ' {
+            out.push(b'+');
+        } else {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
         }
-        run = i + 1;
+        rest = tail;
     }
-    out.push_str(s.get(run..).unwrap_or_default());
+    out.extend_from_slice(rest);
 }
 
 /// The bytes `application/x-www-form-urlencoded` keeps as they are.
