@@ -4,14 +4,17 @@
 //! its identity is passed upstream like a session's. Refusals follow RFC 6750 §3: 401 with
 //! `WWW-Authenticate: Bearer error="invalid_token"`, never a redirect.
 //!
-//! An RSA signature costs about a millisecond in wasm, so verified tokens are kept per VM,
-//! keyed by a SHA-256 of the token and the provider, until their `exp`, at most
-//! `MAX_CACHED` of them (the oldest goes first). Only a fully validated token is kept; the
+//! An RSA signature costs about a millisecond in wasm, so verified tokens are kept per VM by
+//! their exact value and the provider (found by `verified::slot`, the token compared in
+//! constant time, as session cookies are), until their `exp`, at most `MAX_CACHED` of them
+//! and `MAX_CACHED_BYTES` (the oldest goes first). Only a fully validated token is kept; the
 //! policy is checked on every request from what the entry carries, as for sessions.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
 
-use sha2::{Digest, Sha256};
+use crate::util::ct_eq;
+use crate::verified::{size_of, slot, SlotHasher};
 
 use crate::claims::{EMAIL, SUB};
 use crate::config::{Config, JwtIssuer, ProviderConfig};
@@ -24,6 +27,8 @@ use std::rc::Rc;
 
 /// Verified tokens kept per VM.
 pub const MAX_CACHED: usize = 1024;
+/// Most bytes of tokens and their identities kept per VM (an estimate per entry).
+pub const MAX_CACHED_BYTES: usize = 2 << 20;
 /// Clock skew allowed on `exp`, `iat` and `nbf`.
 pub const LEEWAY_SECS: u64 = 60;
 /// A longer `Authorization` value is refused unread.
@@ -61,20 +66,24 @@ pub fn bearer_token<'r>(req: &'r Request<'_>) -> Option<&'r str> {
 }
 
 struct Cached {
+    provider: usize,
+    token: String,
     /// Shared with the requests that hit it, as `verified` does.
     session: Rc<Session>,
     /// The token says `email_verified: false` (each host's policy decides).
     unverified: bool,
     /// `exp` plus the leeway: the entry serves until then.
     until: u64,
+    bytes: usize,
 }
 
 /// Verified bearer tokens of one VM, and the key ids tokens named that the keys held lack
 /// (the engine asks for a refetch of those).
 #[derive(Default)]
 pub struct BearerCache {
-    map: HashMap<[u8; 32], Cached>,
-    order: VecDeque<[u8; 32]>,
+    map: HashMap<u64, Cached, BuildHasherDefault<SlotHasher>>,
+    order: VecDeque<u64>,
+    bytes: usize,
     /// (fetch index of the issuer, kid): drained by the engine after each request.
     pub unknown_kids: Vec<(usize, String)>,
     pub hits: u64,
@@ -82,50 +91,72 @@ pub struct BearerCache {
 }
 
 impl BearerCache {
-    fn key(provider: usize, token: &str) -> [u8; 32] {
-        let mut h = Sha256::new();
-        h.update((provider as u64).to_be_bytes());
-        h.update(token.as_bytes());
-        h.finalize().into()
-    }
-
-    fn get(&mut self, key: &[u8; 32], now: u64) -> Option<(Rc<Session>, bool)> {
-        match self.map.get(key) {
-            Some(c) if c.until > now => {
-                self.hits += 1;
-                Some((Rc::clone(&c.session), c.unverified))
-            }
-            Some(_) => {
-                self.map.remove(key);
-                None
-            }
-            None => None,
+    /// The identity kept for exactly this token of `provider`, if it has not expired.
+    fn get(&mut self, provider: usize, token: &str, now: u64) -> Option<(Rc<Session>, bool)> {
+        let h = slot(provider, token);
+        let c = self.map.get(&h)?;
+        if c.provider != provider || !ct_eq(c.token.as_bytes(), token.as_bytes()) {
+            return None;
         }
+        if c.until > now {
+            self.hits += 1;
+            return Some((Rc::clone(&c.session), c.unverified));
+        }
+        if let Some(old) = self.map.remove(&h) {
+            self.bytes -= old.bytes;
+        }
+        None
     }
 
-    fn put(&mut self, key: [u8; 32], entry: (Rc<Session>, bool), until: u64, now: u64) {
-        if self.map.len() >= MAX_CACHED {
+    fn put(
+        &mut self,
+        provider: usize,
+        token: &str,
+        entry: (Rc<Session>, bool),
+        until: u64,
+        now: u64,
+    ) {
+        let (session, unverified) = entry;
+        let bytes = size_of(token, &session);
+        if bytes > MAX_CACHED_BYTES / 8 {
+            return;
+        }
+        let h = slot(provider, token);
+        if let Some(old) = self.map.remove(&h) {
+            // Another token in the same slot: this one takes it.
+            self.bytes -= old.bytes;
+            self.order.retain(|k| *k != h);
+        }
+        if self.map.len() >= MAX_CACHED || self.bytes + bytes > MAX_CACHED_BYTES {
             // Expired entries first; then the oldest.
             self.map.retain(|_, c| c.until > now);
             self.order.retain(|k| self.map.contains_key(k));
-            while self.map.len() >= MAX_CACHED {
-                match self.order.pop_front() {
-                    Some(old) => {
-                        self.map.remove(&old);
-                    }
-                    None => break,
+            self.bytes = self.map.values().map(|c| c.bytes).sum();
+            while self.map.len() >= MAX_CACHED || self.bytes + bytes > MAX_CACHED_BYTES {
+                let Some(old) = self.order.pop_front() else {
+                    break;
+                };
+                if let Some(c) = self.map.remove(&old) {
+                    self.bytes -= c.bytes;
                 }
             }
         }
-        let (session, unverified) = entry;
         let cached = Cached {
+            provider,
+            token: token.to_string(),
             session,
             unverified,
             until,
+            bytes,
         };
-        if self.map.insert(key, cached).is_none() {
-            self.order.push_back(key);
-        }
+        self.map.insert(h, cached);
+        self.order.push_back(h);
+        self.bytes += bytes;
+    }
+
+    /// Bytes kept (the estimate `MAX_CACHED_BYTES` bounds).
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     pub fn len(&self) -> usize {
@@ -205,8 +236,7 @@ pub fn authenticate(
             "bearer token too long".into(),
         ));
     }
-    let key = BearerCache::key(provider, token);
-    if let Some(s) = cache.get(&key, now) {
+    if let Some(s) = cache.get(provider, token, now) {
         return Ok(s);
     }
     cache.misses += 1;
@@ -309,7 +339,8 @@ pub fn authenticate(
     let unverified = !email.is_empty() && identity.email_verified == Some(false);
     let session = Rc::new(session);
     cache.put(
-        key,
+        provider,
+        token,
         (Rc::clone(&session), unverified),
         exp.saturating_add(LEEWAY_SECS),
         now,

@@ -32,7 +32,7 @@ struct Entry {
 
 /// The map's keys are `slot` hashes already: used as they are.
 #[derive(Default)]
-struct SlotHasher(u64);
+pub(crate) struct SlotHasher(u64);
 
 impl Hasher for SlotHasher {
     fn finish(&self) -> u64 {
@@ -84,7 +84,7 @@ pub fn cookie_key<'v>(
 /// with its MAC, a format-3 one starts with its synthetic nonce). Not a keyed hash: a value
 /// made to collide with a kept one only misses (the full values are compared) and is then
 /// verified as usual.
-fn slot(provider: usize, key: &str) -> u64 {
+pub(crate) fn slot(provider: usize, key: &str) -> u64 {
     const M: u64 = 0x9e37_79b9_7f4a_7c15;
     fn mix(mut h: u64, part: &[u8]) -> u64 {
         let words = part.chunks_exact(8);
@@ -107,7 +107,7 @@ fn slot(provider: usize, key: &str) -> u64 {
     h ^ (h >> 31)
 }
 
-fn size_of(key: &str, s: &Session) -> usize {
+pub(crate) fn size_of(key: &str, s: &Session) -> usize {
     let tokens = s.tokens.as_ref().map_or(0, |t| {
         t.id_token.len() + t.access_token.len() + t.refresh_token.len()
     });

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use oidc_filter_core::bearer::MAX_CACHED;
+use oidc_filter_core::bearer::{MAX_CACHED, MAX_CACHED_BYTES};
 use oidc_filter_core::config::Config;
 use oidc_filter_core::engine::{Engine, Response, Step, Stream};
 use oidc_filter_core::flow::{Decision, LocalReply};
@@ -404,7 +404,43 @@ fn cache_serves_until_exp_and_stays_bounded() {
         forwarded_headers(&mut w, &with_bearer(&access_token(&c)));
     }
     assert!(w.bearer.borrow().len() <= MAX_CACHED);
+    assert!(w.bearer.borrow().bytes() <= MAX_CACHED_BYTES);
     // A cached token of one provider's host is not one of another's: the key holds both.
+}
+
+/// The cache finds a token by its first and last bytes and length, and serves only the very
+/// same token: one that differs in the middle alone (its claims) is verified, and refused.
+#[test]
+fn cache_serves_only_the_exact_token() {
+    let mut w = world(bearer_config(json!({})));
+    let mut claims = access_claims();
+    claims["sub"] = json!("client-7-and-a-long-enough-subject-to-keep-the-ends-apart-0000000000");
+    let token = access_token(&claims);
+    forwarded_headers(&mut w, &with_bearer(&token));
+    assert_eq!(w.bearer.borrow().len(), 1);
+    let (head, rest) = token.split_once('.').unwrap();
+    let (payload, sig) = rest.split_once('.').unwrap();
+    assert!(payload.len() > 100 && head.len() + 1 + payload.len() > 48 + 48);
+    // The middle of the payload: another sub, the same length, the same 48 bytes either end.
+    let forged_claims = {
+        let mut c = claims.clone();
+        c["sub"] = json!("client-7-and-a-long-enough-subject-to-keep-the-ends-apart-0000000001");
+        c
+    };
+    let forged_payload = b64(forged_claims.to_string().as_bytes());
+    assert_eq!(forged_payload.len(), payload.len());
+    let forged = format!("{head}.{forged_payload}.{sig}");
+    assert_eq!(forged.len(), token.len());
+    assert_eq!(forged[..48], token[..48]);
+    assert_eq!(forged[forged.len() - 48..], token[token.len() - 48..]);
+    assert_ne!(forged, token);
+    assert_invalid(&refused(&mut w, &with_bearer(&forged)), "a forged middle");
+    let c = w.bearer.borrow();
+    assert_eq!((c.hits, c.misses), (0, 2));
+    drop(c);
+    // The real one is still served from the cache.
+    forwarded_headers(&mut w, &with_bearer(&token));
+    assert_eq!(w.bearer.borrow().hits, 1);
 }
 
 #[test]
