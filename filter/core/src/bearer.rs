@@ -53,16 +53,14 @@ pub fn bearer_token<'r>(req: &'r Request<'_>) -> Option<&'r str> {
         return None;
     }
     let token = token.trim_matches(' ');
-    let parts = token.split('.').collect::<Vec<_>>();
-    let b64 = |s: &str| {
-        s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    };
-    (parts.len() == 3
-        && !parts[0].is_empty()
-        && !parts[1].is_empty()
-        && parts.iter().all(|p| b64(p)))
-    .then_some(token)
+    // Base64url characters in three parts, the first two not empty.
+    let jws_byte = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+    if !token.bytes().all(jws_byte) {
+        return None;
+    }
+    let mut parts = token.split('.');
+    let (header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
+    (parts.next().is_none() && !header.is_empty() && !payload.is_empty()).then_some(token)
 }
 
 struct Cached {
@@ -346,4 +344,44 @@ pub fn authenticate(
         now,
     );
     Ok((session, unverified))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token_of(values: &[&str]) -> Option<String> {
+        let req = Request {
+            headers: values
+                .iter()
+                .map(|v| ("authorization".into(), (*v).into()))
+                .collect(),
+            ..Request::default()
+        };
+        bearer_token(&req).map(str::to_string)
+    }
+
+    #[test]
+    fn only_a_single_bearer_jws_is_a_bearer_token() {
+        for (v, want) in [
+            ("Bearer aGVhZA.cGF5.c2ln", Some("aGVhZA.cGF5.c2ln")),
+            ("bearer  a-_9.B.c ", Some("a-_9.B.c")),
+            ("BEARER a.b.", Some("a.b.")),
+            ("Bearer .b.c", None),
+            ("Bearer a..c", None),
+            ("Bearer a.b", None),
+            ("Bearer a.b.c.d", None),
+            ("Bearer a.b.c=", None),
+            ("Bearer a+b.c.d", None),
+            ("Bearer a.b.c/", None),
+            ("Bearer a.b.\u{e9}", None),
+            ("Bearer ", None),
+            ("Bearer", None),
+            ("Basic a.b.c", None),
+        ] {
+            assert_eq!(token_of(&[v]).as_deref(), want, "{v:?}");
+        }
+        assert_eq!(token_of(&[]), None);
+        assert_eq!(token_of(&["Bearer a.b.c", "Bearer a.b.c"]), None);
+    }
 }
