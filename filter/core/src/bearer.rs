@@ -10,11 +10,8 @@
 //! and `MAX_CACHED_BYTES` (the oldest goes first). Only a fully validated token is kept; the
 //! policy is checked on every request from what the entry carries, as for sessions.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::BuildHasherDefault;
-
 use crate::util::ct_eq;
-use crate::verified::{size_of, slot, SlotHasher};
+use crate::verified::{size_of, slot, Kept, Slots};
 
 use crate::claims::{EMAIL, SUB};
 use crate::config::{Config, JwtIssuer, ProviderConfig};
@@ -75,13 +72,20 @@ struct Cached {
     bytes: usize,
 }
 
+impl Kept for Cached {
+    fn bytes(&self) -> usize {
+        self.bytes
+    }
+    fn live(&self, now: u64) -> bool {
+        self.until > now
+    }
+}
+
 /// Verified bearer tokens of one VM, and the key ids tokens named that the keys held lack
 /// (the engine asks for a refetch of those).
 #[derive(Default)]
 pub struct BearerCache {
-    map: HashMap<u64, Cached, BuildHasherDefault<SlotHasher>>,
-    order: VecDeque<u64>,
-    bytes: usize,
+    kept: Slots<Cached, MAX_CACHED, MAX_CACHED_BYTES>,
     /// (fetch index of the issuer, kid): drained by the engine after each request.
     pub unknown_kids: Vec<(usize, String)>,
     pub hits: u64,
@@ -92,17 +96,15 @@ impl BearerCache {
     /// The identity kept for exactly this token of `provider`, if it has not expired.
     fn get(&mut self, provider: usize, token: &str, now: u64) -> Option<(Rc<Session>, bool)> {
         let h = slot(provider, token);
-        let c = self.map.get(&h)?;
+        let c = self.kept.get(h)?;
         if c.provider != provider || !ct_eq(c.token.as_bytes(), token.as_bytes()) {
             return None;
         }
-        if c.until > now {
+        if c.live(now) {
             self.hits += 1;
             return Some((Rc::clone(&c.session), c.unverified));
         }
-        if let Some(old) = self.map.remove(&h) {
-            self.bytes -= old.bytes;
-        }
+        self.kept.remove(h);
         None
     }
 
@@ -115,54 +117,29 @@ impl BearerCache {
         now: u64,
     ) {
         let (session, unverified) = entry;
-        let bytes = size_of(token, &session);
-        if bytes > MAX_CACHED_BYTES / 8 {
-            return;
-        }
-        let h = slot(provider, token);
-        if let Some(old) = self.map.remove(&h) {
-            // Another token in the same slot: this one takes it.
-            self.bytes -= old.bytes;
-            self.order.retain(|k| *k != h);
-        }
-        if self.map.len() >= MAX_CACHED || self.bytes + bytes > MAX_CACHED_BYTES {
-            // Expired entries first; then the oldest.
-            self.map.retain(|_, c| c.until > now);
-            self.order.retain(|k| self.map.contains_key(k));
-            self.bytes = self.map.values().map(|c| c.bytes).sum();
-            while self.map.len() >= MAX_CACHED || self.bytes + bytes > MAX_CACHED_BYTES {
-                let Some(old) = self.order.pop_front() else {
-                    break;
-                };
-                if let Some(c) = self.map.remove(&old) {
-                    self.bytes -= c.bytes;
-                }
-            }
-        }
         let cached = Cached {
             provider,
             token: token.to_string(),
+            bytes: size_of(token, &session),
             session,
             unverified,
             until,
-            bytes,
         };
-        self.map.insert(h, cached);
-        self.order.push_back(h);
-        self.bytes += bytes;
+        // A token in the same slot gives way; expired entries go first, then the oldest.
+        self.kept.insert(slot(provider, token), cached, now);
     }
 
     /// Bytes kept (the estimate `MAX_CACHED_BYTES` bounds).
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.kept.bytes()
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.kept.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.kept.len() == 0
     }
 }
 

@@ -48,13 +48,92 @@ impl Hasher for SlotHasher {
     }
 }
 
+impl Kept for Entry {
+    fn bytes(&self) -> usize {
+        self.bytes
+    }
+    fn live(&self, now: u64) -> bool {
+        self.session.expires_at > now
+    }
+}
+
 #[derive(Default)]
 pub struct VerifiedSessions {
-    map: HashMap<u64, Entry, BuildHasherDefault<SlotHasher>>,
-    order: VecDeque<u64>,
-    bytes: usize,
+    kept: Slots<Entry, MAX_ENTRIES, MAX_BYTES>,
     pub hits: u64,
     pub misses: u64,
+}
+
+/// What a `Slots` entry tells of itself: its size, and whether it may still serve.
+pub(crate) trait Kept {
+    fn bytes(&self) -> usize;
+    fn live(&self, now: u64) -> bool;
+}
+
+/// Entries by `slot`, bounded to `ENTRIES` of them and `BYTES` (each entry's estimate); when
+/// full, those no longer live go first, then the oldest. The session cache and the bearer
+/// cache both keep theirs here.
+pub(crate) struct Slots<E, const ENTRIES: usize, const BYTES: usize> {
+    map: HashMap<u64, E, BuildHasherDefault<SlotHasher>>,
+    order: VecDeque<u64>,
+    bytes: usize,
+}
+
+impl<E, const ENTRIES: usize, const BYTES: usize> Default for Slots<E, ENTRIES, BYTES> {
+    fn default() -> Self {
+        Slots {
+            map: HashMap::default(),
+            order: VecDeque::new(),
+            bytes: 0,
+        }
+    }
+}
+
+impl<E: Kept, const ENTRIES: usize, const BYTES: usize> Slots<E, ENTRIES, BYTES> {
+    pub(crate) fn get(&self, h: u64) -> Option<&E> {
+        self.map.get(&h)
+    }
+
+    pub(crate) fn remove(&mut self, h: u64) {
+        if let Some(old) = self.map.remove(&h) {
+            self.bytes -= old.bytes();
+            self.order.retain(|k| *k != h);
+        }
+    }
+
+    /// Keeps `entry` in slot `h` (in place of what was there), making room first. An entry
+    /// over an eighth of `BYTES` is not kept.
+    pub(crate) fn insert(&mut self, h: u64, entry: E, now: u64) {
+        let bytes = entry.bytes();
+        if bytes > BYTES / 8 {
+            return;
+        }
+        self.remove(h);
+        if self.map.len() >= ENTRIES || self.bytes + bytes > BYTES {
+            self.map.retain(|_, e| e.live(now));
+            self.order.retain(|k| self.map.contains_key(k));
+            self.bytes = self.map.values().map(Kept::bytes).sum();
+            while self.map.len() >= ENTRIES || self.bytes + bytes > BYTES {
+                let Some(oldest) = self.order.pop_front() else {
+                    break;
+                };
+                if let Some(e) = self.map.remove(&oldest) {
+                    self.bytes -= e.bytes();
+                }
+            }
+        }
+        self.map.insert(h, entry);
+        self.order.push_back(h);
+        self.bytes += bytes;
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
 }
 
 /// The cookie values a session is read from, as one string: `first` alone (format 2), or
@@ -124,7 +203,7 @@ pub(crate) fn size_of(key: &str, s: &Session) -> usize {
 impl VerifiedSessions {
     /// The session kept for exactly these cookie values of `provider`'s cookie, if any.
     pub fn get(&mut self, provider: usize, key: &str) -> Option<Rc<Session>> {
-        match self.map.get(&slot(provider, key)) {
+        match self.kept.get(slot(provider, key)) {
             Some(e) if e.provider == provider && ct_eq(e.key.as_bytes(), key.as_bytes()) => {
                 self.hits += 1;
                 Some(Rc::clone(&e.session))
@@ -138,52 +217,26 @@ impl VerifiedSessions {
 
     /// Keeps `session`, which `key` (see `cookie_key`) just verified to, at `now`.
     pub fn put(&mut self, provider: usize, key: &str, session: &Rc<Session>, now: u64) {
-        let bytes = size_of(key, session);
-        if bytes > MAX_BYTES / 8 {
-            return;
-        }
-        let h = slot(provider, key);
-        if let Some(old) = self.map.remove(&h) {
-            self.bytes -= old.bytes;
-            self.order.retain(|k| *k != h);
-        }
-        if self.map.len() >= MAX_ENTRIES || self.bytes + bytes > MAX_BYTES {
-            self.map.retain(|_, e| e.session.expires_at > now);
-            self.order.retain(|k| self.map.contains_key(k));
-            self.bytes = self.map.values().map(|e| e.bytes).sum();
-            while self.map.len() >= MAX_ENTRIES || self.bytes + bytes > MAX_BYTES {
-                let Some(oldest) = self.order.pop_front() else {
-                    break;
-                };
-                if let Some(e) = self.map.remove(&oldest) {
-                    self.bytes -= e.bytes;
-                }
-            }
-        }
-        self.map.insert(
-            h,
-            Entry {
-                provider,
-                key: key.to_string(),
-                session: Rc::clone(session),
-                bytes,
-            },
-        );
-        self.order.push_back(h);
-        self.bytes += bytes;
+        let entry = Entry {
+            provider,
+            key: key.to_string(),
+            session: Rc::clone(session),
+            bytes: size_of(key, session),
+        };
+        self.kept.insert(slot(provider, key), entry, now);
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.kept.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.kept.len() == 0
     }
 
     /// Bytes kept (the estimate the bound applies to).
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.kept.bytes()
     }
 }
 
